@@ -1,0 +1,33 @@
+"""Sessions: `nox -s conformance selftest` is the project's test command (README, .ci/run).
+
+    nox -s conformance                          # the suite against the reference
+    nox -s conformance -- --port pkg.mod:obj    # ... against any port (docs/spec.md)
+    nox -s selftest                             # the suite must reject every mutant port
+
+CI installs a CPU build of torch by exporting PIP_CONSTRAINT=.ci/constraints-cpu.txt;
+without it pip picks the torch wheel it would pick for you (CUDA on a GPU machine).
+"""
+
+import nox
+
+nox.options.sessions = ["conformance", "selftest"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _install(session):
+    # a real (non-editable) install: tests import rac.* as a user would get it
+    session.install(".[test]")
+
+
+@nox.session
+def conformance(session):
+    """The conformance suite (pytest + hypothesis) against the reference, or `-- --port X`."""
+    _install(session)
+    session.run("pytest", "conformance", *session.posargs)
+
+
+@nox.session
+def selftest(session):
+    """Every deliberately broken port must be rejected, naming the rule it broke."""
+    _install(session)
+    session.run("python", "-m", "rac.conformance.selftest", *session.posargs)
