@@ -23,8 +23,8 @@ def test_opt_1_never_below_the_brute_force_optimum(port, method, layer, sparsity
     The optimality gap (objective / optimum - 1) is recorded in the report.
     """
     needs(port, method)
-    assume(resolvable(layer.X))
     weight, mask, _ = port.prune(layer.W, layer.H, method=method, sparsity=sparsity)
+    assume(resolvable(layer.X, mask))
     got = residual(layer.W, weight, layer.X)
     best = brute_force_optimum(layer.W, layer.X, pruned_total=int((~mask).sum()))
     scale = float(((layer.W @ layer.X) ** 2).sum())
