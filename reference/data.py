@@ -1,0 +1,83 @@
+"""Loaders for the calibration inputs of Phase I (spec CAL-9).
+
+Three local file formats, those of ``fixtures/data/``:
+
+- problems, JSON lines ``{"id": "p0001", "problem": "...", "answer": "42"}``;
+- traces, JSON lines ``{"id": "p0001", "trace": "<think>\\n...</think>\\n..."}``;
+- a generic corpus, plain UTF-8 text (the ``text`` mode, the paper's "C4" column).
+
+Every error is a ``ValueError`` that names the file and, for JSON lines, the
+line number, so a user can open the file at the right place.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _read_jsonl(path, required: tuple) -> list:
+    """Records of a JSON-lines file; blank lines are skipped; each record must hold ``required`` strings."""
+    path = Path(path)
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: line {lineno} must be a JSON object, got {type(row).__name__}")
+            for key in required:
+                if not isinstance(row.get(key), str) or not row[key]:
+                    raise ValueError(f"{path}: line {lineno} needs a non-empty string field {key!r}")
+            records.append((lineno, row))
+    if not records:
+        raise ValueError(f"{path}: the file holds no records (expected JSON lines with fields {list(required)})")
+    return records
+
+
+def read_problems(path) -> list:
+    """Problems of a JSON-lines file, in file order, as dicts with at least "id" and "problem".
+
+    "problem" (a non-empty string) is required; "id" defaults to the line number
+    as a string; "answer" and any other fields are kept as they are. Ids must be unique.
+    """
+    problems, seen = [], {}
+    for lineno, row in _read_jsonl(path, ("problem",)):
+        row = {**row, "id": str(row.get("id", lineno))}
+        if row["id"] in seen:
+            raise ValueError(f"{path}: line {lineno} repeats id {row['id']!r} of line {seen[row['id']]}")
+        seen[row["id"]] = lineno
+        problems.append(row)
+    return problems
+
+
+def read_traces(path) -> dict:
+    """Off-policy traces of a JSON-lines file as a dict id -> trace text (ids unique)."""
+    traces, seen = {}, {}
+    for lineno, row in _read_jsonl(path, ("id", "trace")):
+        if row["id"] in seen:
+            raise ValueError(f"{path}: line {lineno} repeats id {row['id']!r} of line {seen[row['id']]}")
+        seen[row["id"]] = lineno
+        traces[row["id"]] = row["trace"]
+    return traces
+
+
+def align_traces(problems: list, traces: dict) -> list:
+    """One entry per problem: its trace from ``traces`` (id -> text), or None where there is none.
+
+    This is the ``traces`` argument of ``collect_calibration(mode="offpolicy")``.
+    """
+    return [traces.get(p["id"]) for p in problems]
+
+
+def read_corpus(path) -> str:
+    """The generic corpus of the ``text`` mode: the whole file as UTF-8 text (must not be blank)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ValueError(f"{path}: the corpus file is empty")
+    return text
