@@ -11,3 +11,9 @@ def needs(port, method: str, pattern: str = "unstructured", options=()) -> None:
     """Skip (with the reason) when the port declares it does not implement this."""
     if not port.supports(method, pattern, options):
         pytest.skip(f"port {port.name} does not declare {method} / {pattern} / options {sorted(options)}")
+
+
+def needs_level(port, level: str) -> None:
+    """Skip (with the reason) when the port does not implement this level of the protocol."""
+    if not port.supports_level(level):
+        pytest.skip(f"port {port.name} does not implement the {level!r} level")

@@ -4,7 +4,9 @@ A port is any importable object (module, class instance, namespace) with
 
     prune_layer(W, H, *, method, sparsity=None, pattern="unstructured", **options) -> (weight, mask)
 
-and optionally ``hessian(X, weights=None)`` and a ``CAPABILITIES`` dict::
+and optionally ``hessian(X, weights=None)``, the model-level entry points
+``collect_calibration(model, tokenizer, prompts, *, mode, ...)`` (Phase I) and
+``compress(model, calibration, *, method, ...)`` (Phase II), and a ``CAPABILITIES`` dict::
 
     CAPABILITIES = {
         "name": "my-port",
@@ -12,6 +14,7 @@ and optionally ``hessian(X, weights=None)`` and a ``CAPABILITIES`` dict::
         "patterns": ("unstructured", "nm"),
         "dtype": "float64",          # the precision it computes in; sets the tolerances
         "options": {"sparsegpt": ("blocksize", "dampening"), ...},  # options it accepts (default: all)
+        "levels": ("layer", "calibration", "model"),  # default: those whose entry point exists
     }
 
 It is selected with ``--port package.module:object`` (``--port package.module``
@@ -29,6 +32,8 @@ import torch
 
 ALL_METHODS = ("magnitude", "wanda", "sparsegpt", "alps")
 ALL_PATTERNS = ("unstructured", "nm")
+#: The levels of the port protocol and the entry point each needs.
+LEVELS = {"layer": "prune_layer", "calibration": "collect_calibration", "model": "compress"}
 DEFAULT_PORT = "rac.reference"
 
 #: machine epsilon of the dtype a port computes in (tolerances derive from it)
@@ -65,6 +70,7 @@ class Port:
     patterns: tuple
     dtype: str
     options: dict = field(default_factory=dict)
+    levels: tuple = ("layer",)
 
     @classmethod
     def load(cls, spec: str) -> "Port":
@@ -83,6 +89,7 @@ class Port:
             patterns=tuple(caps.get("patterns", ALL_PATTERNS)),
             dtype=dtype,
             options=dict(caps.get("options", {})),
+            levels=_levels(spec, impl, caps),
         )
 
     @property
@@ -96,6 +103,18 @@ class Port:
         if method in self.options:
             return set(options) <= set(self.options[method])
         return True
+
+    def supports_level(self, level: str) -> bool:
+        """Whether the port implements ``level`` ("layer", "calibration" or "model")."""
+        return level in self.levels
+
+    def collect_calibration(self, model, tokenizer, prompts, **kwargs):
+        """Phase I through the port; the result must look like a CalibrationSet (sequences, labels)."""
+        return self.impl.collect_calibration(model, tokenizer, prompts, **kwargs)
+
+    def compress(self, model, calibration, **kwargs):
+        """Phase II through the port: returns (model, report)."""
+        return self.impl.compress(model, calibration, **kwargs)
 
     @property
     def has_hessian(self) -> bool:
@@ -118,6 +137,19 @@ class Port:
         weight = _as_tensor(weight, "weight", tuple(W.shape))
         mask = _as_tensor(mask, "mask", tuple(W.shape), boolean=True)
         return weight, mask, info
+
+
+def _levels(spec: str, impl, caps: dict) -> tuple:
+    """Declared levels (checked against the entry points), else every level whose entry point exists."""
+    if "levels" not in caps:
+        return tuple(level for level, fn in LEVELS.items() if callable(getattr(impl, fn, None)))
+    levels = tuple(caps["levels"])
+    for level in levels:
+        if level not in LEVELS:
+            raise ImportError(f"--port {spec!r}: CAPABILITIES['levels'] has {level!r}; known levels: {sorted(LEVELS)}")
+        if not callable(getattr(impl, LEVELS[level], None)):
+            raise ImportError(f"--port {spec!r}: declares level {level!r} but has no callable {LEVELS[level]}")
+    return levels
 
 
 def _as_tensor(x, what: str, shape: tuple, boolean: bool = False) -> torch.Tensor:

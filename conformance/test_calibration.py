@@ -1,7 +1,10 @@
-"""CAL-*: Phase I, the calibration set (``rac.reference.calibration.collect_calibration``).
+"""CAL-*: Phase I, the calibration set (``collect_calibration``).
 
 Model level, on the three tiny fixture models (fixtures/models/{llama,qwen2,qwen3}) and
-a few fixture problems. These tests check the reference directly (no ``port``).
+a few fixture problems. Tests that take ``collect`` drive the port under test (the
+"calibration" level of the port protocol); the few that check how the reference
+decodes (capture during decoding, one forward per token, the sampler's pieces)
+call ``rac.reference`` directly and say so.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rac.conformance._helpers import req
+from rac.conformance._helpers import needs_level, req
 from rac.reference.calibration import (
     LABELS,
     collect_calibration,
@@ -47,6 +50,13 @@ def loaded():
         return cache[name]
 
     return get
+
+
+@pytest.fixture
+def collect(port):
+    """The port's collect_calibration (skips when the port has no calibration level)."""
+    needs_level(port, "calibration")
+    return port.collect_calibration
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +152,13 @@ def _assert_capture_matches(model, cs, name):
 @req("CAL-2")
 @pytest.mark.parametrize("eos_heavy", [False, True], ids=["fixture", "eos-heavy"])
 @pytest.mark.parametrize("name", MODELS)
-def test_cal_2_greedy_traces_equal_hf_generate(loaded, prompts, name, eos_heavy):
+def test_cal_2_greedy_traces_equal_hf_generate(collect, loaded, prompts, name, eos_heavy):
     """CAL-2: greedy rac traces equal model.generate(do_sample=False) token for token (same prompt
     ids, max_new_tokens and EOS), including traces that end at EOS (EOS kept, as generate returns it)."""
     model, tok = loaded(name)
     model = _eos_heavy(model) if eos_heavy else model
     n = 24
-    cs = collect_calibration(model, tok, prompts, mode="rac", max_new_tokens=n)
+    cs = collect(model, tok, prompts, mode="rac", max_new_tokens=n)
     stopped = 0
     for i, (problem, ids) in enumerate(zip(prompts, cs.sequences)):
         with torch.no_grad():
@@ -165,14 +175,23 @@ def test_cal_2_greedy_traces_equal_hf_generate(loaded, prompts, name, eos_heavy)
 
 @req("CAL-3")
 @pytest.mark.parametrize("name", MODELS)
-def test_cal_3_rac_with_zero_new_tokens_is_prompt(loaded, prompts, name):
-    """CAL-3: rac with max_new_tokens=0 gives exactly the prompt set (ids and labels), also with capture."""
+def test_cal_3_rac_with_zero_new_tokens_is_prompt(collect, loaded, prompts, name):
+    """CAL-3: rac with max_new_tokens=0 gives exactly the prompt set (ids and labels)."""
     model, tok = loaded(name)
+    rac = collect(model, tok, prompts, mode="rac", max_new_tokens=0, temperature=0.7)
+    ref = collect(model, tok, prompts, mode="prompt")
+    assert len(rac) == len(ref) == len(prompts)
+    for a, b in zip(list(rac.sequences) + list(rac.labels), list(ref.sequences) + list(ref.labels)):
+        assert torch.equal(a, b), "CAL-3: rac with max_new_tokens=0 must equal the prompt mode"
+
+
+@req("CAL-3")
+def test_cal_3_reference_prompt_phase_is_one_computation(loaded, prompts):
+    """CAL-3 (reference): with capture, rac at max_new_tokens=0 and prompt capture bitwise the same
+    block inputs: the prompt phase (Algorithm 1 line 3) is one and the same forward in both modes."""
+    model, tok = loaded("qwen3")
     rac = collect_calibration(model, tok, prompts, mode="rac", max_new_tokens=0, temperature=0.7, capture=True)
     ref = collect_calibration(model, tok, prompts, mode="prompt", capture=True)
-    assert len(rac) == len(ref) == len(prompts)
-    for a, b in zip(rac.sequences + rac.labels, ref.sequences + ref.labels):
-        assert torch.equal(a, b), "CAL-3: rac with max_new_tokens=0 must equal the prompt mode"
     for a, b in zip(rac.activations, ref.activations):
         assert torch.equal(a, b), "CAL-3: the prompt forward must be the same computation in both modes"
 
@@ -182,16 +201,13 @@ def test_cal_3_rac_with_zero_new_tokens_is_prompt(loaded, prompts, name):
 
 @req("CAL-4")
 @pytest.mark.parametrize("name", MODELS)
-def test_cal_4_labels_line_up_with_positions(loaded, prompts, name):
+def test_cal_4_labels_line_up_with_positions(collect, loaded, prompts, name):
     """CAL-4: each sequence is the templated prompt ids (labelled prompt) then the generated tokens
     (labelled decode); decode count = generated count; a trace ends at its first EOS or at max_new_tokens."""
     model, tok = loaded(name)
     model = _eos_heavy(model, 1.5)
     n = 20
-    with _count_forwards(model) as calls:
-        cs = collect_calibration(model, tok, prompts, mode="rac", max_new_tokens=n, temperature=0.7, top_p=0.95, seed=3)
-    # Algorithm 1 as written: one forward over each prompt (line 3), one per sampled token (line 6)
-    assert calls[0] == len(prompts) + cs.count("decode"), f"CAL-4: {calls[0]} forwards, not prompts + decode tokens"
+    cs = collect(model, tok, prompts, mode="rac", max_new_tokens=n, temperature=0.7, top_p=0.95, seed=3)
     stops = {"eos": 0, "limit": 0}
     for i, (problem, ids, lab) in enumerate(zip(prompts, cs.sequences, cs.labels)):
         p = torch.tensor(_chat_ids(tok, problem))
@@ -211,12 +227,23 @@ def test_cal_4_labels_line_up_with_positions(loaded, prompts, name):
     assert {k: cs.meta["trace_stops"][k] for k in stops} == stops, "CAL-4: meta must count stops at EOS and limit"
 
 
+@req("CAL-4")
+def test_cal_4_reference_decodes_one_token_per_forward(loaded, prompts):
+    """CAL-4 (reference): Algorithm 1 as written, one forward over each prompt (line 3) and one per
+    sampled token (line 6), so a reader can map the decode loop to the paper line by line."""
+    model, tok = loaded("llama")
+    model = _eos_heavy(model, 1.5)
+    with _count_forwards(model) as calls:
+        cs = collect_calibration(model, tok, prompts, mode="rac", max_new_tokens=20, temperature=0.7, top_p=0.95, seed=3)
+    assert calls[0] == len(prompts) + cs.count("decode"), f"CAL-4: {calls[0]} forwards, not prompts + decode tokens"
+
+
 # --------------------------------------------------------------------------- CAL-5
 
 
 @req("CAL-5")
 @pytest.mark.parametrize("mode", ["text", "prompt", "rac", "offpolicy"])
-def test_cal_5_token_budget_is_exact(loaded, problems, mode):
+def test_cal_5_token_budget_is_exact(collect, loaded, problems, mode):
     """CAL-5: with a token budget, sequences are taken in order and the last one is cut, so the total
     is exactly the budget; everything before the cut is what an unbudgeted run gives."""
     model, tok = loaded("llama")
@@ -227,28 +254,40 @@ def test_cal_5_token_budget_is_exact(loaded, problems, mode):
         traces=align_traces(data, read_traces(FIXTURES / "data" / "traces.jsonl")) if mode == "offpolicy" else None,
         window=64,
     )
-    full = collect_calibration(model, tok, **kw)
+    full = collect(model, tok, **kw)
     budget = full.sequences[0].numel() + full.sequences[1].numel() // 2 + 1 if len(full) > 1 else full.num_tokens - 3
-    with warnings.catch_warnings(), _count_forwards(model) as calls:
+    with warnings.catch_warnings():
         warnings.simplefilter("error")  # enough data: no warning
-        cut = collect_calibration(model, tok, **kw, token_budget=budget)
+        cut = collect(model, tok, **kw, token_budget=budget)
     assert cut.num_tokens == budget == cut.meta["tokens"], f"CAL-5 ({mode}): {cut.num_tokens} tokens, budget {budget}"
     flat_full, flat_cut = torch.cat(full.sequences), torch.cat(cut.sequences)
     assert torch.equal(flat_cut, flat_full[:budget]), f"CAL-5 ({mode}): budgeted set must prefix the full one"
     assert torch.equal(torch.cat(cut.labels), torch.cat(full.labels)[:budget]), f"CAL-5 ({mode}): labels follow the cut"
     if mode == "rac":
         assert cut.meta["trace_stops"]["budget"] == 1, "CAL-5: the last rac trace must stop at the budget"
-        assert calls[0] == len(cut) + cut.count("decode"), "CAL-5: decoding must stop as soon as the budget is reached"
 
 
 @req("CAL-5")
-def test_cal_5_budget_not_reached_warns(loaded, prompts):
+def test_cal_5_reference_stops_decoding_at_the_budget(loaded, problems):
+    """CAL-5 (reference): decoding stops as soon as the budget is reached (no token decoded and then
+    thrown away): forwards = one per prompt + one per kept decode token."""
+    model, tok = loaded("llama")
+    prompts = [p["problem"] for p in problems[:8]]
+    full = collect_calibration(model, tok, prompts, mode="rac", max_new_tokens=32)
+    budget = full.sequences[0].numel() + full.sequences[1].numel() // 2 + 1
+    with _count_forwards(model) as calls:
+        cut = collect_calibration(model, tok, prompts, mode="rac", max_new_tokens=32, token_budget=budget)
+    assert calls[0] == len(cut) + cut.count("decode"), "CAL-5: decoding must stop as soon as the budget is reached"
+
+
+@req("CAL-5")
+def test_cal_5_budget_not_reached_warns(collect, loaded, prompts):
     """CAL-5: when the data runs out before the budget, a UserWarning says how many tokens were
     collected, and everything there is comes back."""
     model, tok = loaded("llama")
-    full = collect_calibration(model, tok, prompts, mode="prompt")
+    full = collect(model, tok, prompts, mode="prompt")
     with pytest.warns(UserWarning, match=rf"{full.num_tokens} tokens.*token_budget=100000"):
-        cs = collect_calibration(model, tok, prompts, mode="prompt", token_budget=100_000)
+        cs = collect(model, tok, prompts, mode="prompt", token_budget=100_000)
     assert cs.num_tokens == full.num_tokens and len(cs) == len(prompts)
 
 
@@ -257,14 +296,14 @@ def test_cal_5_budget_not_reached_warns(loaded, prompts):
 
 @req("CAL-6")
 @pytest.mark.parametrize("name", MODELS)
-def test_cal_6_seed_determines_traces(loaded, prompts, name):
+def test_cal_6_seed_determines_traces(collect, loaded, prompts, name):
     """CAL-6: sampling (T 0.7, top-p 0.95) with the same seed gives identical traces; another seed
     gives different traces (on at least one of several prompts)."""
     model, tok = loaded(name)
     kw = dict(mode="rac", max_new_tokens=16, temperature=0.7, top_p=0.95)
-    a = collect_calibration(model, tok, prompts, seed=11, **kw)
-    b = collect_calibration(model, tok, prompts, seed=11, **kw)
-    c = collect_calibration(model, tok, prompts, seed=12, **kw)
+    a = collect(model, tok, prompts, seed=11, **kw)
+    b = collect(model, tok, prompts, seed=11, **kw)
+    c = collect(model, tok, prompts, seed=12, **kw)
     assert all(torch.equal(x, y) for x, y in zip(a.sequences, b.sequences)), "CAL-6: same seed, different traces"
     assert len(a) == len(c) and any(not torch.equal(x, y) for x, y in zip(a.sequences, c.sequences)), \
         "CAL-6: a different seed gave the same traces on every prompt (is the seed used?)"
@@ -312,7 +351,7 @@ def test_cal_7_sampler_draws_from_the_nucleus():
 
 @req("CAL-8")
 @pytest.mark.parametrize("name", ["llama", "qwen3"])
-def test_cal_8_offpolicy_trace_content(loaded, problems, name):
+def test_cal_8_offpolicy_trace_content(collect, loaded, problems, name):
     """CAL-8: offpolicy = templated prompt (labelled prompt) + the tokenised trace (labelled offpolicy),
     the trace's leading <think>\\n dropped as the prompt opens it; the pair reads as the chat template
     renders the whole conversation (minus its final EOS). Prompts without a trace are skipped."""
@@ -320,7 +359,7 @@ def test_cal_8_offpolicy_trace_content(loaded, problems, name):
     data = problems[:6]
     traces = align_traces(data, read_traces(FIXTURES / "data" / "traces.jsonl"))
     assert traces[0] is not None and traces[1] is None
-    cs = collect_calibration(model, tok, [p["problem"] for p in data], mode="offpolicy", traces=traces)
+    cs = collect(model, tok, [p["problem"] for p in data], mode="offpolicy", traces=traces)
     with_trace = [i for i, t in enumerate(traces) if t is not None]
     assert len(cs) == len(with_trace) and cs.meta["skipped"] == [i for i, t in enumerate(traces) if t is None]
     for i, ids, lab in zip(with_trace, cs.sequences, cs.labels):
@@ -337,11 +376,11 @@ def test_cal_8_offpolicy_trace_content(loaded, problems, name):
 
 
 @req("CAL-8")
-def test_cal_8_offpolicy_from_trace_model(loaded, prompts):
+def test_cal_8_offpolicy_from_trace_model(collect, loaded, prompts):
     """CAL-8: offpolicy traces decoded by another model are that model's greedy traces, labelled offpolicy."""
     model, tok = loaded("llama")
     other, _ = loaded("qwen3")
-    cs = collect_calibration(model, tok, prompts[:2], mode="offpolicy", trace_model=other, max_new_tokens=12)
+    cs = collect(model, tok, prompts[:2], mode="offpolicy", trace_model=other, max_new_tokens=12)
     for problem, ids, lab in zip(prompts, cs.sequences, cs.labels):
         p = torch.tensor(_chat_ids(tok, problem))
         with torch.no_grad():
@@ -350,11 +389,11 @@ def test_cal_8_offpolicy_from_trace_model(loaded, prompts):
 
 
 @req("CAL-8")
-def test_cal_8_text_windows_are_consecutive_corpus_tokens(loaded):
+def test_cal_8_text_windows_are_consecutive_corpus_tokens(collect, loaded):
     """CAL-8: text mode = consecutive, non-overlapping windows of the corpus tokens (no special tokens)."""
     model, tok = loaded("llama")
     corpus = read_corpus(FIXTURES / "data" / "corpus.txt")
-    cs = collect_calibration(model, tok, None, mode="text", corpus=corpus, window=50, token_budget=1000)
+    cs = collect(model, tok, None, mode="text", corpus=corpus, window=50, token_budget=1000)
     ref = tok(corpus, add_special_tokens=False, verbose=False)["input_ids"][:1000]
     assert [s.numel() for s in cs.sequences] == [50] * 20
     assert torch.cat(cs.sequences).tolist() == ref, "CAL-8: text windows must be the corpus tokens in order"
@@ -365,7 +404,7 @@ def test_cal_8_text_windows_are_consecutive_corpus_tokens(loaded):
 
 
 @req("CAL-9")
-def test_cal_9_bad_arguments_are_named(loaded, prompts):
+def test_cal_9_bad_arguments_are_named(collect, loaded, prompts):
     """CAL-9: bad arguments raise ValueError naming the argument (and the prompt index)."""
     model, tok = loaded("llama")
     cases = [
@@ -381,21 +420,21 @@ def test_cal_9_bad_arguments_are_named(loaded, prompts):
     ]
     for kw, name in cases:
         with pytest.raises(ValueError, match=name):
-            collect_calibration(model, tok, prompts, **kw)
+            collect(model, tok, prompts, **kw)
     bare = copy.deepcopy(tok)
     bare.chat_template = None
     with pytest.raises(ValueError, match="tokenizer"):
-        collect_calibration(model, bare, prompts, mode="prompt")
+        collect(model, bare, prompts, mode="prompt")
     ctx = model.config.max_position_embeddings
     too_long = " ".join(["seven"] * ctx)
     with pytest.raises(ValueError, match=r"prompts\[1\].*context"):
-        collect_calibration(model, tok, [prompts[0], too_long], mode="prompt")
+        collect(model, tok, [prompts[0], too_long], mode="prompt")
     # a prompt of about ctx - 100 tokens: fits alone, not with 256 new tokens
     per_word = (len(template_prompt(tok, " ".join(["seven"] * 101))) - len(template_prompt(tok, "seven"))) / 100
     near = " ".join(["seven"] * int((ctx - 100) / per_word))
     assert len(template_prompt(tok, near)) <= ctx < len(template_prompt(tok, near)) + 256
     with pytest.raises(ValueError, match=r"prompts\[0\].*max_new_tokens"):
-        collect_calibration(model, tok, [near], mode="rac", max_new_tokens=256)
+        collect(model, tok, [near], mode="rac", max_new_tokens=256)
 
 
 @req("CAL-9")
@@ -421,13 +460,13 @@ def test_cal_9_bad_problem_files_name_the_line(tmp_path):
 
 
 @req("CAL-10")
-def test_cal_10_model_left_as_found(loaded, prompts):
+def test_cal_10_model_left_as_found(collect, loaded, prompts):
     """CAL-10: collection leaves the model as it found it: training flag, parameters, no hooks left."""
     model, tok = loaded("qwen2")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     try:
-        collect_calibration(model, tok, prompts[:1], mode="rac", max_new_tokens=4, capture=True)
+        collect(model, tok, prompts[:1], mode="rac", max_new_tokens=4)
         assert model.training, "CAL-10: the training flag must be restored"
     finally:
         model.eval()

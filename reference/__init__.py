@@ -6,10 +6,18 @@ Float64, explicit, one function per equation. Layer level (docs/spec.md):
 - ``objective(W, W_hat, H)``        tr((W - W_hat) H (W - W_hat)^T)   (OBJ-1)
 - ``refit(W, mask, H)``             exact least squares on a mask     (REF-*)
 - ``prune_layer(W, H, method=...)`` magnitude, wanda, sparsegpt, alps (GEN-*, MAG-*, WANDA-*, SGPT-*, ALPS-*)
+
+Model level (Algorithm 1):
+
+- ``collect_calibration(model, tokenizer, prompts, mode=...)``  Phase I, tokens with source labels (CAL-*)
+- ``compress(model, calibration, method=...)``                  Phase II, block by block (P2-*)
 """
 
 from ._validate import METHODS, Pattern, parse_pattern, pruned_count
 from .hessian import hessian
+from .calibration import collect_calibration
+from .calibration_set import LABELS, CalibrationSet
+from .compress import compress
 from .masks import nm_mask, prune_lowest, unstructured_mask
 from .objective import objective
 from .prune import PruneResult, prune_layer
@@ -22,14 +30,19 @@ CAPABILITIES = {
     "methods": METHODS,
     "patterns": ("unstructured", "nm"),
     "dtype": "float64",
+    "levels": ("layer", "calibration", "model"),
 }
 
 __all__ = [
     "CAPABILITIES",
+    "CalibrationSet",
     "CholeskyError",
+    "LABELS",
     "METHODS",
     "Pattern",
     "PruneResult",
+    "collect_calibration",
+    "compress",
     "hessian",
     "nm_mask",
     "objective",

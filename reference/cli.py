@@ -1,24 +1,39 @@
-"""The ``rac`` command.
+"""The ``rac`` command: one subcommand per module, so each concern stays in its own file.
 
-    rac layer [--out 64 --in 256 ...]   prune one random layer with every method, print the report
+    rac layer      prune one random layer with every method, print the report   (this file)
+    rac prune      Algorithm 1 on a Hugging Face model, export the pruned model (cli_prune.py)
+
+Every subcommand module has ``add_parser(subparsers)``, which adds its parser and
+sets ``func`` (args -> exit code). Heavy imports happen inside ``func``, so
+``rac --help`` stays fast. Errors of the user's making (ValueError, TypeError,
+FileNotFoundError, FileExistsError) print one line and exit 2; anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 
-import torch
-
-from . import METHODS, objective, prune_layer, refit
-from ._validate import parse_pattern
+#: Modules that contribute a subcommand, in the order ``rac --help`` lists them.
+COMMAND_MODULES = (
+    "rac.reference.cli",
+    # "rac.reference.cli_prune",  (Phase II CLI, in progress)
+)
 
 
 def _layer_report(args) -> int:
     """Prune one random layer (outlier features, as in real LLM activations) with every method."""
+    import torch
+
     from rac.conformance.strategies import make_layer  # the suite's generator, so the demo is reproducible
 
+    from . import METHODS, objective, prune_layer, refit
+    from ._validate import parse_pattern
+
+    torch.set_default_dtype(torch.float64)
     layer = make_layer(args.kind, args.out_features, args.in_features, args.tokens, args.seed)
     pattern = parse_pattern(args.pattern, args.in_features)
     sparsity = None if pattern.kind == "nm" else args.sparsity
@@ -37,9 +52,7 @@ def _layer_report(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rac", description="Reasoning-Aware Compression: reference implementation")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_parser(sub) -> None:
     layer = sub.add_parser("layer", help="prune one random layer with every method and print the report")
     layer.add_argument("--out", dest="out_features", type=int, default=64)
     layer.add_argument("--in", dest="in_features", type=int, default=256)
@@ -49,16 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     layer.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M such as 2:4")
     layer.add_argument("--seed", type=int, default=0)
     layer.set_defaults(func=_layer_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rac", description="Reasoning-Aware Compression (RAC) of reasoning LLMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    torch.set_default_dtype(torch.float64)
     try:
         return args.func(args)
-    except (ValueError, TypeError) as exc:
-        print(f"rac: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        print(f"rac {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 
