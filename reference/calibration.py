@@ -306,6 +306,7 @@ class _Job:
     token_budget: int | None
     capture: bool
     context: int | None
+    progress: object = None  # callable(done, total, description) or None
 
     def block_inputs(self, ids):
         """Block inputs of ``model`` over ``ids`` when capturing (one causal forward), else None."""
@@ -319,21 +320,24 @@ def _labelled(*parts) -> tuple:
     return ids, labels
 
 
-def _budgeted(make_row, items, token_budget) -> list:
+def _budgeted(make_row, items, token_budget, progress=None) -> list:
     """Rows in order until ``token_budget`` tokens (all of them without a budget); the last row is
-    cut so the total equals the budget exactly. ``make_row(item, remaining)`` may return None (skip)."""
+    cut so the total equals the budget exactly. ``make_row(item, remaining)`` may return None (skip).
+    ``progress(done, total, description)`` is called after each item when given."""
     rows, total = [], 0
-    for item in items:
+    items = list(items)
+    for done, item in enumerate(items, start=1):
         remaining = None if token_budget is None else token_budget - total
         if remaining == 0:
             break
         row = make_row(item, remaining)
-        if row is None:
-            continue
-        if remaining is not None:
-            row = row.truncate(remaining)
-        rows.append(row)
-        total += row.ids.numel()
+        if row is not None:
+            if remaining is not None:
+                row = row.truncate(remaining)
+            rows.append(row)
+            total += row.ids.numel()
+        if progress is not None:
+            progress(done, len(items), f"{total} tokens")
     return rows
 
 
@@ -354,7 +358,7 @@ def _generate_row(job, model, prompt, label, remaining, capture) -> _Row:
 
 def collect_calibration(
     model, tokenizer, prompts, *, mode, max_new_tokens=256, temperature=0.0, top_p=1.0, seed=0,
-    token_budget=None, corpus=None, traces=None, trace_model=None, window=128, capture=False,
+    token_budget=None, corpus=None, traces=None, trace_model=None, window=128, capture=False, progress=None,
 ) -> CalibrationSet:
     """Phase I of Algorithm 1: the calibration sequences of ``mode`` with a source label per token.
 
@@ -373,6 +377,7 @@ def collect_calibration(
         as computed while the set was made (decode time for rac; one forward over the
         sequence otherwise), in ``activations``. They are always ``model``'s (for offpolicy
         with ``trace_model``, from a forward over the finished sequence).
+    progress: optional callable(done, total, description), called after each prompt or window.
 
     Prompts are templated and checked against the model's context before any decoding.
     The model runs in eval mode under torch.no_grad(); its training flag is restored.
@@ -380,7 +385,7 @@ def collect_calibration(
     _check_options(mode, max_new_tokens, temperature, top_p, token_budget, window, seed)
     opts = dict(max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p))
     job = _Job(model, tokenizer, opts, torch.Generator().manual_seed(seed), eos_token_ids(model, tokenizer),
-               token_budget, capture, context_length(model))
+               token_budget, capture, context_length(model), progress)
     meta = dict(mode=mode, seed=seed, **opts, token_budget=token_budget)
     models = [m for m in (model, trace_model) if m is not None]
     was_training = [m.training for m in models]
@@ -416,7 +421,7 @@ def _collect(job, mode, prompts, corpus, traces, trace_model, window, meta) -> l
         _check_lengths(prompt_ids, job.context, 0, "")
         # capture: one forward over the prompt, which is Algorithm 1's prompt phase (line 3)
         make_row = lambda ids, _: _Row(*_labelled((ids, "prompt")), job.block_inputs(ids))  # noqa: E731
-        return _budgeted(make_row, prompt_ids, job.token_budget)
+        return _budgeted(make_row, prompt_ids, job.token_budget, job.progress)
     if mode == "rac":
         max_new = job.opts["max_new_tokens"]
         _check_lengths(prompt_ids, job.context, max_new, f"max_new_tokens={max_new}")
@@ -424,7 +429,7 @@ def _collect(job, mode, prompts, corpus, traces, trace_model, window, meta) -> l
         def make_row(ids, remaining):
             return _generate_row(job, job.model, ids, "decode", remaining, job.capture)
 
-        return _budgeted(make_row, prompt_ids, job.token_budget)
+        return _budgeted(make_row, prompt_ids, job.token_budget, job.progress)
     if (traces is None) == (trace_model is None):
         raise ValueError("mode='offpolicy' needs exactly one of traces (a str or None per prompt) or trace_model")
     if trace_model is not None:
@@ -445,7 +450,7 @@ def _collect_text(job, corpus, window) -> list:
     def make_row(ids, remaining):
         return _Row(*_labelled((ids, "text")), job.block_inputs(ids if remaining is None else ids[:remaining]))
 
-    return _budgeted(make_row, corpus_windows(job.tokenizer, corpus, window), job.token_budget)
+    return _budgeted(make_row, corpus_windows(job.tokenizer, corpus, window), job.token_budget, job.progress)
 
 
 def _collect_offpolicy_generated(job, prompt_ids, trace_model) -> list:
@@ -458,7 +463,7 @@ def _collect_offpolicy_generated(job, prompt_ids, trace_model) -> list:
         row.activations = job.block_inputs(row.ids)
         return row
 
-    return _budgeted(make_row, prompt_ids, job.token_budget)
+    return _budgeted(make_row, prompt_ids, job.token_budget, job.progress)
 
 
 def _collect_offpolicy_file(job, prompts, prompt_ids, traces) -> list:
@@ -473,7 +478,7 @@ def _collect_offpolicy_file(job, prompts, prompt_ids, traces) -> list:
             ids, labels = ids[:remaining], labels[:remaining]
         return _Row(ids, labels, job.block_inputs(ids))
 
-    return _budgeted(make_row, range(len(prompts)), job.token_budget)
+    return _budgeted(make_row, range(len(prompts)), job.token_budget, job.progress)
 
 
 def _offpolicy_trace_ids(job, prompts, prompt_ids, traces) -> list:

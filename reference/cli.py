@@ -20,7 +20,7 @@ import time
 #: Modules that contribute a subcommand, in the order ``rac --help`` lists them.
 COMMAND_MODULES = (
     "rac.reference.cli",
-    # "rac.reference.cli_prune",  (Phase II CLI, in progress)
+    "rac.reference.cli_prune",
 )
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ._validate import METHODS, check_choice, check_hessian, check_options, check_sparsity_for_pattern, check_weight, parse_pattern
 from .magnitude import MAGNITUDE_OPTIONS, prune_magnitude
-from .sparsegpt import SPARSEGPT_OPTIONS, prune_sparsegpt
+from .sparsegpt import SPARSEGPT_OPTIONS, check_sparsegpt_options, prune_sparsegpt
 from .wanda import WANDA_OPTIONS, prune_wanda
 
 
@@ -53,6 +53,28 @@ def _method_table():
     }
 
 
+def check_request(method: str, sparsity, pattern, in_features: int, options: dict):
+    """Validate a pruning request without pruning: (Pattern, sparsity, options with defaults).
+
+    The model level calls this for every target linear before it changes any weight,
+    so a bad option fails the run at once instead of after the first blocks (P2-9).
+    """
+    check_choice(method, METHODS, "method")
+    pat = parse_pattern(pattern, in_features)
+    s = check_sparsity_for_pattern(sparsity, pat)
+    defaults = _method_table()[method][0]
+    opts = check_options(method, options, defaults)
+    if method in ("magnitude", "wanda"):
+        check_choice(opts["group"], ("layer", "row"), "group")
+    elif method == "sparsegpt":
+        check_sparsegpt_options(opts)
+    else:
+        from .alps import check_alps_options
+
+        check_alps_options(opts)
+    return pat, s, opts
+
+
 def prune_layer(W, H, *, method: str, sparsity=None, pattern: str = "unstructured", **options) -> PruneResult:
     """Prune one linear layer with ``method`` in float64.
 
@@ -65,10 +87,8 @@ def prune_layer(W, H, *, method: str, sparsity=None, pattern: str = "unstructure
     check_choice(method, METHODS, "method")
     W = check_weight(W)
     H = check_hessian(H, W.shape[1])
-    pat = parse_pattern(pattern, W.shape[1])
-    s = check_sparsity_for_pattern(sparsity, pat)
-    defaults, pruner = _method_table()[method]
-    opts = check_options(method, options, defaults)
+    pat, s, opts = check_request(method, sparsity, pattern, W.shape[1], options)
+    pruner = _method_table()[method][1]
     info = {"method": method, "pattern": str(pat), "sparsity": s, "options": opts}
     if pat.kind == "unstructured" and s == 0.0:  # GEN-3: nothing to prune, nothing changes
         return PruneResult(W, torch.ones_like(W, dtype=torch.bool), info)

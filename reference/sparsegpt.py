@@ -126,13 +126,18 @@ def sparsegpt_sweep(W, U, dead, pattern: Pattern, sparsity: float, blocksize: in
     return W, mask
 
 
+def check_sparsegpt_options(opts: dict) -> None:
+    """ValueError naming the option: blocksize a positive int, dampening >= 0, on_cholesky_failure a known mode."""
+    check_positive_int(opts["blocksize"], "blocksize")
+    check_nonnegative_float(opts["dampening"], "dampening")
+    check_choice(opts["on_cholesky_failure"], ("raise_dampening", "raise"), "on_cholesky_failure")
+
+
 def prune_sparsegpt(
     W, H, pattern: Pattern, sparsity: float, *, blocksize=128, dampening=0.01, on_cholesky_failure="raise_dampening"
 ):
     """SparseGPT on one layer: (W_hat, mask, info). Options as in the original: blocksize 128, dampening 0.01."""
-    check_positive_int(blocksize, "blocksize")
-    check_nonnegative_float(dampening, "dampening")
-    check_choice(on_cholesky_failure, ("raise_dampening", "raise"), "on_cholesky_failure")
+    check_sparsegpt_options(dict(blocksize=blocksize, dampening=dampening, on_cholesky_failure=on_cholesky_failure))
     U, used = factor_with_recovery(H, dampening, on_cholesky_failure)
     dead = dead_inputs(H)
     W_hat, mask = sparsegpt_sweep(W, U, dead, pattern, sparsity, blocksize)
