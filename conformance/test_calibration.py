@@ -20,13 +20,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rac.conformance._helpers import needs_level, req
-from rac.reference.calibration import (
-    LABELS,
-    collect_calibration,
-    sample_next_token,
-    template_prompt,
-    top_p_filter,
-)
+from rac.reference.calibration import LABELS, collect_calibration, template_prompt
+from rac.reference.sampling import sample_next_token, top_p_filter
 from rac.reference._hf import decoder_blocks
 from rac.reference.data import align_traces, read_corpus, read_problems, read_traces
 
@@ -327,23 +322,52 @@ def test_cal_7_top_p_keeps_the_smallest_nucleus():
 @req("CAL-7")
 def test_cal_7_sampler_draws_from_the_nucleus():
     """CAL-7: sample_next_token draws only nucleus ids, in proportion to their renormalised
-    probability; temperature 0 is argmax (ties: lowest id); a temperature scales the logits."""
+    probability; temperature 0 is argmax (ties: lowest id); a temperature scales the logits;
+    top-k keeps the k highest (ties at the k-th kept). Draws with different steps are independent
+    draws (a binomial count stays within 5 sigma)."""
     p = torch.tensor([0.05, 0.5, 0.15, 0.3], dtype=torch.float64)
     logits = p.log().float()
-    g = torch.Generator().manual_seed(0)
     n = 4000
-    draws = [sample_next_token(logits, 1.0, 0.75, g) for _ in range(n)]
+    draw = lambda **kw: [sample_next_token(logits, seed=7, stream=1, step=t, **kw) for t in range(n)]  # noqa: E731
+    draws = draw(temperature=1.0, top_p=0.75)
     assert set(draws) == {1, 3}, f"CAL-7: top_p 0.75 may only draw ids 1 and 3, drew {sorted(set(draws))}"
-    # renormalised nucleus: P(id 1) = 0.5 / 0.8; a binomial count stays within 5 sigma
-    q = 0.5 / 0.8
+    q = 0.5 / 0.8  # renormalised nucleus
     assert abs(draws.count(1) - n * q) <= 5 * math.sqrt(n * q * (1 - q))
     # temperature 2 with top_p 1: P ~ sqrt(p); id 0 then has 0.05**.5 / sum(p**.5) ~ 0.098
-    draws = [sample_next_token(logits, 2.0, 1.0, g) for _ in range(n)]
+    draws = draw(temperature=2.0)
     q = float(p[0].sqrt() / p.sqrt().sum())
     assert abs(draws.count(0) - n * q) <= 5 * math.sqrt(n * q * (1 - q)), "CAL-7: temperature must divide the logits"
-    assert sample_next_token(logits, 0.0, 0.1, g) == 1, "CAL-7: temperature 0 is argmax"
+    draws = draw(temperature=1.0, top_k=2)
+    assert set(draws) == {1, 3}, "CAL-7: top_k 2 keeps the two most likely ids"
+    q = 0.5 / 0.8
+    assert abs(draws.count(1) - n * q) <= 5 * math.sqrt(n * q * (1 - q))
+    tied = torch.tensor([0.0, 2.0, 1.0, 1.0])
+    assert set(draw_tied := [sample_next_token(tied, temperature=1.0, top_k=2, seed=1, stream=0, step=t)
+                             for t in range(300)]) == {1, 2, 3}, f"CAL-7: ties at the k-th are kept: {set(draw_tied)}"
+    assert sample_next_token(logits, temperature=0.0, top_p=0.1) == 1, "CAL-7: temperature 0 is argmax"
     tie = torch.tensor([0.0, 2.0, 2.0, 1.0])
-    assert sample_next_token(tie, 0.0, 1.0, g) == 1, "CAL-7: argmax ties go to the lowest id"
+    assert sample_next_token(tie, temperature=0.0) == 1, "CAL-7: argmax ties go to the lowest id"
+
+
+@req("CAL-7")
+def test_cal_7_draws_are_keyed_by_seed_stream_and_step():
+    """CAL-7: a draw depends only on (logits, seed, stream, step): the batched sampler gives each row
+    what the single-stream sampler gives it, whatever the other rows are; changing any part of the
+    key changes the draws (on 64 draws from a flat distribution over 640 ids)."""
+    from rac.reference.sampling import sample_tokens
+
+    logits = torch.zeros(640)
+    one = lambda seed, stream, step: sample_next_token(logits, temperature=1.0, seed=seed, stream=stream, step=step)  # noqa: E731
+    base = [one(3, 5, t) for t in range(64)]
+    assert base == [one(3, 5, t) for t in range(64)], "CAL-7: the same key must give the same draw"
+    for other in ([one(4, 5, t) for t in range(64)], [one(3, 6, t) for t in range(64)], [one(3, 5, t + 64) for t in range(64)]):
+        assert sum(a == b for a, b in zip(base, other)) <= 4, "CAL-7: a different seed, stream or step must draw anew"
+    rows = torch.randn(6, 640, generator=torch.Generator().manual_seed(0))
+    streams = torch.tensor([9, 2, 5, 5, 0, 1])
+    batched = sample_tokens(rows, temperature=0.8, top_k=50, top_p=0.9, seed=3, streams=streams, step=11)
+    single = [sample_next_token(rows[b], temperature=0.8, top_k=50, top_p=0.9, seed=3, stream=int(streams[b]), step=11)
+              for b in range(6)]
+    assert batched.tolist() == single, "CAL-7: batching must not change any row's draw"
 
 
 # --------------------------------------------------------------------------- CAL-8

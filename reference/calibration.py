@@ -26,8 +26,9 @@ the tokens of Hugging Face ``generate(do_sample=False)`` (CAL-2).
 Deliberate differences from the RAC authors' code (docs/spec.md lists them):
 the token budget is met exactly (the last sequence is cut; theirs keeps the
 last row whole), traces are kept as token ids (theirs are decoded with
-``skip_special_tokens=True`` and re-tokenised), one sampling generator seeded
-from ``seed`` drives all traces in prompt order.
+``skip_special_tokens=True`` and re-tokenised), and each trace's random draws
+are keyed by (seed, prompt index, step) (``sampling.py``), so a trace does not
+depend on the other prompts or on batching.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch
 
 from ._hf import context_length, decoder_blocks, forward_with_cache
 from .calibration_set import LABELS, CalibrationSet
+from .sampling import sample_next_token
 
 #: Calibration modes (design: the paper's columns).
 MODES = ("text", "prompt", "rac", "offpolicy")
@@ -87,39 +89,6 @@ def corpus_windows(tokenizer, corpus: str, window: int) -> list:
     consecutive, non-overlapping windows of ``window`` tokens; a shorter tail is dropped."""
     ids = torch.tensor(tokenizer(corpus, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
     return [ids[i : i + window] for i in range(0, ids.numel() - window + 1, window)]
-
-
-# --------------------------------------------------------------------------- sampling (Eq. 2 / Eq. 5)
-
-
-def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus filtering as Hugging Face's TopPLogitsWarper: sort descending (ties: lower id
-    first) and keep the smallest prefix whose cumulative probability is >= top_p, at least one
-    token. Returns ``probs`` with every other entry set to 0 (not renormalised). top_p = 1 keeps
-    everything (HF then skips the warper; a float cumsum could otherwise reach 1 early)."""
-    if top_p >= 1:
-        return probs
-    sorted_p, order = torch.sort(probs, descending=True, stable=True)
-    before = torch.cumsum(sorted_p, dim=-1) - sorted_p  # probability mass ranked above each token
-    keep_sorted = before < top_p
-    keep_sorted[0] = True
-    keep = torch.zeros_like(keep_sorted).scatter(0, order, keep_sorted)
-    return torch.where(keep, probs, torch.zeros_like(probs))
-
-
-def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """z_t ~ pi_theta(. | z_{0:t-1}) = softmax(y_{t-1}) (Eq. 2 / Eq. 5) from one position's logits.
-
-    temperature 0: greedy, argmax (ties: the lowest id, as torch.argmax and HF greedy).
-    Otherwise softmax(logits / temperature) in float64 on the CPU, nucleus-filtered with
-    ``top_p``, then one draw of torch.multinomial with ``generator`` (seeded by the caller).
-    """
-    logits = logits.detach().reshape(-1)
-    if temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.to("cpu", torch.float64) / temperature, dim=-1)
-    probs = top_p_filter(probs, top_p)
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 # --------------------------------------------------------------------------- forward passes (Eqs. 3-4, 6)
@@ -190,17 +159,20 @@ class Trace:
     activations: torch.Tensor | None = None
 
 
-def decode_trace(model, prompt_ids, *, max_new_tokens, temperature, top_p, generator, eos_ids, capture=False) -> Trace:
+def decode_trace(model, prompt_ids, *, max_new_tokens, temperature, top_k=0, top_p, seed, stream, eos_ids,
+                 capture=False) -> Trace:
     """Algorithm 1 lines 3-6 for one prompt: the prompt phase, then up to ``max_new_tokens`` decode
-    steps, each sampling z_t (Eq. 2/5) and feeding it back (Eq. 6). Stops after a token in ``eos_ids``
+    steps, each sampling z_t (Eq. 2/5; ``sampling.py``, with this prompt's ``stream`` and the step
+    number as the random key) and feeding it back (Eq. 6). Stops after a token in ``eos_ids``
     (that token is kept, as generate returns it, and is itself fed through the model, line 6, so its
     block inputs exist and match a teacher-forced forward) or after ``max_new_tokens`` tokens."""
     recorder = BlockInputRecorder(model) if capture else None
     tokens, stop = [], "limit"
     with recorder if recorder is not None else nullcontext():
         logits, cache = prompt_forward(model, prompt_ids)
-        for _ in range(max_new_tokens):
-            z = sample_next_token(logits, temperature, top_p, generator)
+        for step in range(max_new_tokens):
+            z = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                  stream=stream, step=step)
             tokens.append(z)
             logits, cache = decode_step(model, z, cache)
             if z in eos_ids:
@@ -220,13 +192,16 @@ def _check_chat_template(tokenizer) -> None:
         )
 
 
-def _check_options(mode, max_new_tokens, temperature, top_p, token_budget, window, seed) -> None:
+def check_options(mode, max_new_tokens, temperature, top_k, top_p, token_budget, window, seed) -> None:
+    """ValueError naming the argument for any bad Phase I option (CAL-9)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
         raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise ValueError(f"top_p must be a number with 0 < top_p <= 1, got {top_p!r}")
     bad_budget = isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget <= 0
@@ -300,8 +275,8 @@ class _Job:
 
     model: object
     tokenizer: object
-    opts: dict  # max_new_tokens, temperature, top_p
-    generator: torch.Generator
+    opts: dict  # max_new_tokens, temperature, top_k, top_p
+    seed: int
     eos_ids: frozenset
     token_budget: int | None
     capture: bool
@@ -341,15 +316,15 @@ def _budgeted(make_row, items, token_budget, progress=None) -> list:
     return rows
 
 
-def _generate_row(job, model, prompt, label, remaining, capture) -> _Row:
-    """Prompt + a trace decoded by ``model`` (Algorithm 1 lines 3-6); with a budget, decoding stops
-    as soon as prompt + trace reach the remaining budget."""
+def _generate_row(job, model, prompt, stream, label, remaining, capture) -> _Row:
+    """Prompt number ``stream`` + a trace decoded by ``model`` (Algorithm 1 lines 3-6); with a budget,
+    decoding stops as soon as prompt + trace reach the remaining budget."""
     limit = job.opts["max_new_tokens"]
     if remaining is not None:
         limit = max(0, min(limit, remaining - prompt.numel()))
     trace = decode_trace(
-        model, prompt, max_new_tokens=limit, temperature=job.opts["temperature"], top_p=job.opts["top_p"],
-        generator=job.generator, eos_ids=job.eos_ids, capture=capture,
+        model, prompt, max_new_tokens=limit, temperature=job.opts["temperature"], top_k=job.opts["top_k"],
+        top_p=job.opts["top_p"], seed=job.seed, stream=stream, eos_ids=job.eos_ids, capture=capture,
     )
     stop = "budget" if trace.stop == "limit" and limit < job.opts["max_new_tokens"] else trace.stop
     ids, labels = _labelled((prompt, "prompt"), (trace.tokens, label))
@@ -357,7 +332,7 @@ def _generate_row(job, model, prompt, label, remaining, capture) -> _Row:
 
 
 def collect_calibration(
-    model, tokenizer, prompts, *, mode, max_new_tokens=256, temperature=0.0, top_p=1.0, seed=0,
+    model, tokenizer, prompts, *, mode, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0, seed=0,
     token_budget=None, corpus=None, traces=None, trace_model=None, window=128, capture=False, progress=None,
 ) -> CalibrationSet:
     """Phase I of Algorithm 1: the calibration sequences of ``mode`` with a source label per token.
@@ -366,9 +341,10 @@ def collect_calibration(
     mode: "text" (``corpus`` windows of ``window`` tokens; prompts unused), "prompt",
         "rac" (prompt + on-policy trace of ``model``) or "offpolicy" (prompt + ``traces[i]``,
         None = skip that prompt, or a trace decoded by ``trace_model``, same tokenizer).
-    max_new_tokens, temperature, top_p: the decoder (T_max of Algorithm 1; 0 = greedy).
+    max_new_tokens, temperature, top_k, top_p: the decoder (T_max of Algorithm 1; temperature 0 =
+        greedy; top_k 0 = off), applied as Hugging Face does (``sampling.py``).
         A trace ends at EOS (kept, labelled as the trace) or after max_new_tokens.
-    seed: one torch.Generator for the whole call, used in prompt order.
+    seed: with the prompt's index and the step, the key of every random draw (``sampling.py``).
     token_budget: total tokens, as the paper compares modes. Sequences are added in order;
         the last one is cut so the total is exactly the budget (the authors' code keeps the
         last row whole instead); in rac, decoding of the last trace stops at the budget.
@@ -382,9 +358,9 @@ def collect_calibration(
     Prompts are templated and checked against the model's context before any decoding.
     The model runs in eval mode under torch.no_grad(); its training flag is restored.
     """
-    _check_options(mode, max_new_tokens, temperature, top_p, token_budget, window, seed)
-    opts = dict(max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p))
-    job = _Job(model, tokenizer, opts, torch.Generator().manual_seed(seed), eos_token_ids(model, tokenizer),
+    check_options(mode, max_new_tokens, temperature, top_k, top_p, token_budget, window, seed)
+    opts = dict(max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+    job = _Job(model, tokenizer, opts, seed, eos_token_ids(model, tokenizer),
                token_budget, capture, context_length(model), progress)
     meta = dict(mode=mode, seed=seed, **opts, token_budget=token_budget)
     models = [m for m in (model, trace_model) if m is not None]
@@ -426,10 +402,11 @@ def _collect(job, mode, prompts, corpus, traces, trace_model, window, meta) -> l
         max_new = job.opts["max_new_tokens"]
         _check_lengths(prompt_ids, job.context, max_new, f"max_new_tokens={max_new}")
 
-        def make_row(ids, remaining):
-            return _generate_row(job, job.model, ids, "decode", remaining, job.capture)
+        def make_row(item, remaining):
+            stream, ids = item
+            return _generate_row(job, job.model, ids, stream, "decode", remaining, job.capture)
 
-        return _budgeted(make_row, prompt_ids, job.token_budget, job.progress)
+        return _budgeted(make_row, enumerate(prompt_ids), job.token_budget, job.progress)
     if (traces is None) == (trace_model is None):
         raise ValueError("mode='offpolicy' needs exactly one of traces (a str or None per prompt) or trace_model")
     if trace_model is not None:
@@ -458,12 +435,13 @@ def _collect_offpolicy_generated(job, prompt_ids, trace_model) -> list:
     max_new = job.opts["max_new_tokens"]
     _check_lengths(prompt_ids, job.context, max_new, f"max_new_tokens={max_new}")
 
-    def make_row(ids, remaining):
-        row = _generate_row(job, trace_model, ids, "offpolicy", remaining, capture=False)
+    def make_row(item, remaining):
+        stream, ids = item
+        row = _generate_row(job, trace_model, ids, stream, "offpolicy", remaining, capture=False)
         row.activations = job.block_inputs(row.ids)
         return row
 
-    return _budgeted(make_row, prompt_ids, job.token_budget, job.progress)
+    return _budgeted(make_row, enumerate(prompt_ids), job.token_budget, job.progress)
 
 
 def _collect_offpolicy_file(job, prompts, prompt_ids, traces) -> list:

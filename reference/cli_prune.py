@@ -37,6 +37,7 @@ def add_parser(sub) -> None:
     cal.add_argument("--calibration", default="rac", choices=("text", "prompt", "rac", "offpolicy"))
     cal.add_argument("--max-new-tokens", type=int, default=128, help="T_max: trace length limit (default 128)")
     cal.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    cal.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
     cal.add_argument("--top-p", type=float, default=1.0)
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--token-budget", type=int, default=None, help="total calibration tokens (the paper: 1M)")
@@ -101,7 +102,8 @@ def run(args) -> int:
     started = time.perf_counter()
     calib = collect_calibration(
         model, tokenizer, [p["problem"] for p in problems], mode=args.calibration,
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed,
         token_budget=args.token_budget, progress=_bar("Phase I ", "prompts") if bars else None, **extra,
     )
     phase1 = time.perf_counter() - started
