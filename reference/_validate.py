@@ -24,15 +24,24 @@ METHODS = ("magnitude", "wanda", "sparsegpt", "alps")
 SYMMETRY_RTOL = 1e-5
 
 
-def as_float64(x, name: str) -> torch.Tensor:
-    """Return ``x`` (torch tensor or numpy array) as a new float64 CPU tensor."""
+def as_real_tensor(x, name: str) -> torch.Tensor:
+    """``x`` (torch tensor or numpy array) as a torch tensor of real numbers, keeping its dtype and device.
+
+    The type checks of GEN-5 without a copy: ``rac.fast`` validates tensors where they live (a GPU)
+    with the same checks and messages as the reference.
+    """
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.array(x, copy=True))
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
     if x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"{name} must hold real floating-point numbers, got dtype {x.dtype}")
-    return x.detach().to(device="cpu", dtype=torch.float64).clone()
+    return x.detach()
+
+
+def as_float64(x, name: str) -> torch.Tensor:
+    """Return ``x`` (torch tensor or numpy array) as a new float64 CPU tensor."""
+    return as_real_tensor(x, name).to(device="cpu", dtype=torch.float64).clone()
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:
@@ -41,18 +50,21 @@ def check_finite(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must be finite; found NaN or Inf at index {tuple(bad)}")
 
 
-def check_weight(W, name: str = "W") -> torch.Tensor:
-    """W: the layer weight, shape (out, in) as in torch.nn.Linear (paper: W_l in R^{p x d})."""
-    W = as_float64(W, name)
+def check_weight(W, name: str = "W", convert=as_float64) -> torch.Tensor:
+    """W: the layer weight, shape (out, in) as in torch.nn.Linear (paper: W_l in R^{p x d}).
+
+    ``convert(x, name)`` makes the tensor that is checked and returned (default: a float64 CPU copy).
+    """
+    W = convert(W, name)
     if W.ndim != 2 or W.shape[0] == 0 or W.shape[1] == 0:
         raise ValueError(f"{name} must be a non-empty 2-D matrix (out_features, in_features), got shape {tuple(W.shape)}")
     check_finite(W, name)
     return W
 
 
-def check_hessian(H, in_features: int, name: str = "H") -> torch.Tensor:
-    """H: symmetric positive semi-definite (in, in) matrix sum_t w_t x_t x_t^T."""
-    H = as_float64(H, name)
+def check_hessian(H, in_features: int, name: str = "H", convert=as_float64) -> torch.Tensor:
+    """H: symmetric positive semi-definite (in, in) matrix sum_t w_t x_t x_t^T (``convert`` as in check_weight)."""
+    H = convert(H, name)
     if H.ndim != 2 or H.shape[0] != H.shape[1]:
         raise ValueError(f"{name} must be a square 2-D matrix, got shape {tuple(H.shape)}")
     if H.shape[0] != in_features:
