@@ -1,5 +1,37 @@
-"""rac.fast: the same maths as rac.reference, fast on a GPU and honest on a CPU.
+"""rac.fast: the maths of rac.reference, fast on a GPU and honest on a CPU (layer level).
 
-Not implemented yet (tracked as issue 4). Until it is, this package exposes
-nothing, and the conformance suite's built-in ports are the reference only.
+Device-agnostic torch: every function computes where its tensors live (CUDA or
+CPU), in float32 with the precision policy of docs/spec.md (PREC-*), and is a
+port of the conformance suite (``pytest conformance --port rac.fast``).
+
+- ``prune_layer(W, H, method=...)``       the reference's interface and semantics  (GEN-*, FAST-*)
+- ``prune_shared({name: W}, H, ...)``     linears sharing an input: one H, one factorisation
+- ``hessian(X, weights=None)``            H = sum_t w_t x_t x_t^T, float32 accumulation (HES-*)
+- ``HessianAccumulator(in_features)``     the same, streamed over token chunks (Phase II)
 """
+
+from rac.reference._validate import METHODS
+from rac.reference.prune import PruneResult
+from rac.reference.sparsegpt import CholeskyError
+
+from .hessian import HessianAccumulator, hessian
+from .prune import prune_layer, prune_shared
+
+#: Port capabilities (conformance/ports.py): tolerances of the suite derive from "dtype".
+CAPABILITIES = {
+    "name": "fast",
+    "methods": METHODS,
+    "patterns": ("unstructured", "nm"),
+    "dtype": "float32",
+    "levels": ("layer",),
+}
+
+__all__ = [
+    "CAPABILITIES",
+    "CholeskyError",
+    "HessianAccumulator",
+    "PruneResult",
+    "hessian",
+    "prune_layer",
+    "prune_shared",
+]

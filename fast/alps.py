@@ -1,0 +1,164 @@
+"""ALPS (spec ALPS-*) on whatever device W lives on: the reference's steps, float32 ADMM.
+
+Same steps, options, defaults and stopping rules as ``rac.reference.alps``
+(its docstrings explain each): ridge and normalise, one eigendecomposition,
+ADMM with the rho-update scheme (``update_rho`` is the reference's own), the
+projection onto the sparsity set, CG on the final support. What changes:
+
+- every tensor stays on W's device; ADMM runs in float32 (PREC-4): per
+  iteration one GEMM of 2 out in^2 FLOPs, at full float32 precision;
+- the projection P_S selects the k largest |Z| in O(n) (fast/masks.py) rather
+  than sorting the whole layer each iteration;
+- the ridge, the normalisation and the eigendecomposition are float64 (O(in^3)
+  once per H; the normalised H_n is symmetric with unit diagonal, its
+  eigenvectors are then rounded to float32 once), so ADMM starts from the
+  reference's H_n rounded once;
+- the support change is counted on the device; the host reads one integer per
+  ``update_every`` iterations, the only synchronisation of the loop.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rac.reference._validate import Pattern
+from rac.reference.alps import SETTLED_CHANGE, kept_count, update_rho
+from rac.reference.masks import nm_mask
+
+from .masks import prune_lowest
+from .precision import full_fp32
+
+COMPUTE = torch.float32
+#: CG treats a row as solved once its residual is below this fraction of its right-hand side:
+#: 64 float32 epsilons (the reference's rule, at the port's rounding level).
+ROUNDING_FLOOR = 64 * float(torch.finfo(COMPUTE).eps)
+
+
+class AlpsFactor:
+    """What ALPS needs of H, computed once per H (and shared by linears that read the same input).
+
+    norms (float64): sqrt of the ridged diagonal; H_n, L, Q (float32): the normalised H and its
+    eigendecomposition H_n = Q diag(L) Q^T; dead: inputs with H_jj = 0.
+    """
+
+    def __init__(self, norms, H_n, L, Q, dead):
+        self.norms, self.H_n, self.L, self.Q, self.dead = norms, H_n, L, Q, dead
+
+
+def factorise(H: torch.Tensor, dampening: float) -> AlpsFactor:
+    """Steps 1-2a in float64: H_lambda = H + dampening mean(diag H) I, unit diagonal, eigh; then float32."""
+    H64 = H.to(torch.float64)
+    ridge = dampening * float(torch.diagonal(H64).mean())
+    H_ridge = H64.clone()
+    H_ridge.diagonal().add_(ridge)
+    diag = torch.diagonal(H_ridge)
+    norms = torch.where(diag > 0, diag.clamp(min=0).sqrt(), torch.ones_like(diag))
+    H_n = H_ridge / norms[:, None] / norms[None, :]
+    L, Q = torch.linalg.eigh(H_n)
+    return AlpsFactor(norms, H_n.to(COMPUTE), L.to(COMPUTE), Q.to(COMPUTE), torch.diagonal(H) == 0)
+
+
+def projection_mask(Z: torch.Tensor, pattern: Pattern, kept: int, dead: torch.Tensor) -> torch.Tensor:
+    """Support of P_S(Z): the ``kept`` largest |Z| of the layer (or N per M-group); dead inputs score 0."""
+    scores = Z.abs().masked_fill(dead.unsqueeze(0), 0.0)
+    if pattern.kind == "nm":
+        return nm_mask(scores, pattern)
+    return prune_lowest(scores, Z.numel() - kept)
+
+
+def project(Z, pattern, kept, dead):
+    support = projection_mask(Z, pattern, kept, dead)
+    return Z.masked_fill(~support, 0.0), support
+
+
+def admm(W_n, H_n, L, Q, pattern, kept, dead, opts):
+    """Step 6 of the reference (same loop, same rules); float32 tensors on the device. Returns (B, info)."""
+    WH = W_n @ H_n
+    rho = opts["rho0"]
+
+    def ridge_inverse(r):
+        return (Q / (L + r)) @ Q.T
+
+    B_inverse = ridge_inverse(rho)
+    D_start, support_start = project(W_n, pattern, kept, dead)
+    B, D, V = W_n.clone(), D_start.clone(), torch.zeros_like(W_n)
+    previous_support = support_start
+    rho_has_risen, stop_reason, iteration, restarts = False, "max_iter", 0, 0
+    for iteration in range(1, opts["max_iter"] + 1):
+        B = (WH - V + rho * D) @ B_inverse
+        D, support = project(B + V / rho, pattern, kept, dead)
+        V = V + rho * (B - D)
+        if iteration % opts["update_every"] != 0:
+            continue
+        change = int((support != previous_support).sum())
+        ratio = change / kept
+        old_rho = rho
+        rho, rho_has_risen, action = update_rho(rho, ratio, change > 0, rho_has_risen)
+        if action == "stop":
+            stop_reason = "support unchanged"
+            break
+        previous_support = support
+        if action == "restart":
+            D, V = D_start.clone(), torch.zeros_like(W_n)
+            previous_support = support_start
+            restarts += 1
+        rho = min(rho, opts["rho_max"])
+        if rho != old_rho:
+            B_inverse = ridge_inverse(rho)
+        if iteration > opts["min_iter"] and ratio < SETTLED_CHANGE:
+            stop_reason = "support settled"
+            break
+    info = {"iterations": iteration, "rho": rho, "converged": stop_reason != "max_iter",
+            "stop_reason": stop_reason, "restarts": restarts}
+    return B, info
+
+
+def conjugate_gradient_on_support(H_n, WH, B0, support, iterations: int, rtol: float):
+    """Step 7 of the reference (same rules, float32 rounding floor); all rows at once. Returns (B, done, ok)."""
+    mask = support.to(H_n.dtype)
+    rhs = WH * mask
+    rhs_norm = rhs.norm(dim=1)
+    limit = torch.maximum(rtol * rhs_norm, ROUNDING_FLOOR * rhs_norm)
+    X = B0.clone()
+    R = (WH - X @ H_n) * mask
+    P = R.clone()
+    rr = (R * R).sum(dim=1)
+    done = 0
+    for done in range(iterations + 1):
+        active = rr.sqrt() > limit
+        if done == iterations or not bool(active.any()):
+            break
+        HP = (P @ H_n) * mask
+        curvature = (P * HP).sum(dim=1)
+        step = active & (curvature > 0)
+        alpha = torch.where(step, rr / torch.where(step, curvature, 1.0), 0.0)
+        X = X + alpha[:, None] * P
+        R = R - alpha[:, None] * HP
+        rr_new = (R * R).sum(dim=1)
+        beta = torch.where(step, rr_new / torch.where(rr > 0, rr, 1.0), 0.0)
+        P = torch.where(step[:, None], R + beta[:, None] * P, P)
+        rr = torch.where(step, rr_new, rr)
+    converged = bool((rr.sqrt() <= limit).all())
+    return X, done, converged
+
+
+def solve(W: torch.Tensor, factor: AlpsFactor, pattern: Pattern, sparsity: float, opts: dict):
+    """Steps 3-8 for one weight: (W_hat in W's dtype, mask, info); ``opts`` checked and complete."""
+    kept = kept_count(pattern, sparsity, W.numel())
+    W_n = (W.to(torch.float64) * factor.norms).to(COMPUTE)
+    H_n, dead = factor.H_n, factor.dead
+    with full_fp32():
+        B, info = admm(W_n, H_n, factor.L, factor.Q, pattern, kept, dead, opts)
+        B, mask = project(B, pattern, kept, dead)
+        B, cg_done, cg_ok = conjugate_gradient_on_support(H_n, W_n @ H_n, B, mask, opts["cg_iters"], opts["cg_rtol"])
+    W_hat = (B.to(torch.float64) / factor.norms).masked_fill(~mask, 0.0)
+    if not bool(torch.isfinite(W_hat).all()):  # defensive: inputs are finite, so is every step
+        raise FloatingPointError("ALPS produced non-finite weights")
+    info.update({"cg_iterations": cg_done, "cg_converged": cg_ok, "kept": kept})
+    out_dtype = W.dtype if W.is_floating_point() else torch.float32
+    return W_hat.to(out_dtype), mask, info
+
+
+def prune_alps(W: torch.Tensor, H: torch.Tensor, pattern: Pattern, sparsity: float, **opts):
+    """ALPS on one layer: (W_hat, mask, info), as ``rac.reference.alps.prune_alps``."""
+    return solve(W, factorise(H, opts["dampening"]), pattern, sparsity, opts)

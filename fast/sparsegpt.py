@@ -1,0 +1,96 @@
+"""SparseGPT in blocked form (spec SGPT-*): the reference's OBS sweep, reordered into GEMMs.
+
+    U, damp = factor_with_recovery(H, ...)         float64, once per H (fast/factor.py)
+    for each panel [a, b) of columns:
+        unstructured: at a mask-block start, prune the floor(s * out * width) lowest
+                      w^2 / U_jj^2 of the whole block (all rows), SGPT-4
+        sweep the panel column by column (fast/sweep.py; N:M masks chosen inside, SGPT-5)
+        W[:, b:] -= E_panel @ U[a:b, b:]        one GEMM: the lazy update of SGPT-7
+
+Panels start at every mask-block start (multiples of ``blocksize``) and every
+multiple of ``PANEL``, so each mask is chosen from weights that have received
+every earlier update, exactly when the reference chooses it. For N:M the
+panel is a multiple of M and independent of ``blocksize``, so the result does
+not depend on ``blocksize`` at all (SGPT-7 holds bitwise, not only to rounding).
+
+Work is in float32 on W's device, in the transposed layout of fast/sweep.py.
+FLOPs: out * in^2 in the panel GEMMs + out * in * CHUNK in the chunk GEMMs and
+rank-1 updates; the column loop issues about 5 small kernels per column.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rac.reference._validate import Pattern, pruned_count
+
+from .factor import factor_with_recovery
+from .masks import prune_lowest
+from .precision import full_fp32
+from .sweep import sweep_panel
+
+#: Columns per panel (one trailing GEMM each): the original's 128; measured in docs/benchmarks.md.
+PANEL = 128
+#: Columns per chunk inside a panel (rank-1 updates stay inside a chunk); measured in docs/benchmarks.md.
+CHUNK = 16
+
+
+def dead_inputs(H: torch.Tensor) -> torch.Tensor:
+    """H_jj == 0 exactly (DEAD-1)."""
+    return torch.diagonal(H) == 0
+
+
+def obs_scores_t(WT_block: torch.Tensor, d_block: torch.Tensor, dead_block: torch.Tensor) -> torch.Tensor:
+    """Scores w_ij^2 / U_jj^2 of a block given transposed (width, out); returned as (out, width). Dead: 0."""
+    scores = (WT_block.square() / d_block.square().unsqueeze(1)).masked_fill(dead_block.unsqueeze(1), 0.0)
+    return scores.T
+
+
+def panel_starts(in_features: int, pattern: Pattern, blocksize: int, panel: int) -> list:
+    """Column indices where panels start (see the module docstring); the last panel ends at in_features."""
+    if pattern.kind == "nm":
+        step = pattern.m * -(-panel // pattern.m)
+        return list(range(0, in_features, step))
+    return sorted(set(range(0, in_features, blocksize)) | set(range(0, in_features, panel)))
+
+
+def sparsegpt_sweep(W32, U, dead, pattern: Pattern, sparsity: float, blocksize: int, *,
+                    panel: int = PANEL, chunk: int = CHUNK, chunk_fn=None):
+    """Blocked OBS sweep of W32 (out, in) with U (in, in); returns (W_hat, mask) on W32's device, W32's dtype.
+
+    ``panel``, ``chunk`` and ``chunk_fn`` change only the order of the arithmetic (tests and
+    benchmarks vary them); the defaults are the measured best.
+    """
+    out_features, in_features = W32.shape
+    WT = W32.T.contiguous()
+    keepT = torch.ones_like(WT, dtype=torch.bool)
+    d = torch.diagonal(U)
+    if pattern.kind == "nm":
+        chunk = pattern.m * -(-chunk // pattern.m)
+        nm = pattern
+    else:
+        nm = None
+    kwargs = {} if chunk_fn is None else {"chunk_fn": chunk_fn}
+    starts = panel_starts(in_features, pattern, blocksize, panel)
+    with full_fp32():
+        for a, b in zip(starts, starts[1:] + [in_features]):
+            if nm is None and a % blocksize == 0:
+                e = min(a + blocksize, in_features)
+                scores = obs_scores_t(WT[a:e], d[a:e], dead[a:e])
+                keep = prune_lowest(scores.contiguous(), pruned_count(sparsity, scores.numel()))
+                keepT[a:e] = keep.T
+            errT = sweep_panel(WT[a:b], U[a:b, a:b], keepT[a:b], d[a:b], dead[a:b], nm, chunk, **kwargs)
+            if b < in_features:
+                WT[b:].addmm_(U[a:b, b:].T, errT, alpha=-1.0)
+    return WT.T, keepT.T
+
+
+def prune_sparsegpt(W, H, pattern: Pattern, sparsity: float, *, blocksize=128, dampening=0.01,
+                    on_cholesky_failure="raise_dampening"):
+    """SparseGPT on one layer: (W_hat in W's dtype, mask, info). W, H validated; H float32 or float64."""
+    U, used = factor_with_recovery(H, dampening, on_cholesky_failure)
+    W32 = W.to(torch.float32, copy=True)
+    W_hat, mask = sparsegpt_sweep(W32, U, dead_inputs(H), pattern, sparsity, blocksize)
+    info = {"blocksize": blocksize, "dampening": used, "dampening_raised": used != dampening}
+    out_dtype = W.dtype if W.is_floating_point() else torch.float32
+    return W_hat.to(out_dtype).contiguous(), mask.contiguous(), info

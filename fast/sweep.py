@@ -1,0 +1,71 @@
+"""SparseGPT's in-panel column sweep: the latency-bound part, isolated so it can be swapped and measured.
+
+Layout: everything is transposed, WT = W^T (in, out), so a column of W is a
+contiguous row of WT and each OBS update of the rows below is one BLAS ``ger``
+(``addr_``) on contiguous memory.
+
+``sweep_chunk`` fixes columns j0 .. j1-1 of a panel one by one (SGPT-6):
+
+    e_i    = (pruned part of w_i) / U_ii          the OBS error of column i
+    w_k   -= U_ik e_i        for i < k < j1       only inside the chunk (rank 1)
+    w_i    = kept part of w_i
+
+and for N:M chooses the mask of each M-group at its first column from the
+weights updated so far (SGPT-5). Columns past the chunk receive the chunk's
+errors later in one GEMM (``sweep_panel``), and columns past the panel in one
+GEMM per panel (fast/sparsegpt.py): that is the lazy batching of SGPT-7, a
+reordering of the same sums.
+
+Measured effect of the chunking on this CPU: docs/benchmarks.md
+(`bench_sweep_variants`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rac.reference._validate import Pattern
+from rac.reference.masks import prune_lowest_per_row
+
+
+def nm_keep_group(WT_group: torch.Tensor, d_group: torch.Tensor, dead_group: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    """Keep-mask (M, out) of one M-group: the N highest w^2 / U_jj^2 of every output (SGPT-5, TIE-1)."""
+    scores = (WT_group.square() / d_group.square().unsqueeze(1)).masked_fill(dead_group.unsqueeze(1), 0.0)
+    return prune_lowest_per_row(scores.T, pattern.m - pattern.n).T
+
+
+def sweep_chunk(WT, U, keepT, errT, j0: int, j1: int, d, dead, nm: Pattern | None) -> None:
+    """Fix columns j0 .. j1-1 of the panel in place (module docstring); errors go to errT[j0:j1].
+
+    WT, keepT, errT: (panel, out) rows of the panel; U: (panel, panel) block of U; d = diag(U);
+    nm: the N:M pattern (groups aligned at multiples of M in panel coordinates) or None (mask given).
+    """
+    for i in range(j0, j1):
+        if nm is not None and i % nm.m == 0:
+            g = slice(i, i + nm.m)
+            keepT[g] = nm_keep_group(WT[g], d[g], dead[g], nm)
+        w = WT[i]
+        pruned = ~keepT[i]
+        e = w.masked_fill(keepT[i], 0.0) / U[i, i]
+        errT[i] = e
+        if i + 1 < j1:
+            WT[i + 1 : j1].addr_(U[i, i + 1 : j1], e, alpha=-1.0)
+        w.masked_fill_(pruned, 0.0)
+
+
+def sweep_panel(WT, U, keepT, d, dead, nm: Pattern | None, chunk: int, chunk_fn=sweep_chunk) -> torch.Tensor:
+    """Sweep one panel (rows of WT = columns of W) in chunks of ``chunk`` columns; returns its errors errT.
+
+    Inside a chunk: ``chunk_fn``'s column loop (rank-1 updates over at most ``chunk`` columns).
+    After a chunk: one GEMM applies its errors to the rest of the panel. ``chunk`` >= the
+    panel width gives the one-level sweep of the original code (rank-1 updates over the whole
+    panel). For N:M, ``chunk`` must be a multiple of M.
+    """
+    width = WT.shape[0]
+    errT = torch.empty_like(WT)
+    for j0 in range(0, width, chunk):
+        j1 = min(j0 + chunk, width)
+        chunk_fn(WT, U, keepT, errT, j0, j1, d, dead, nm)
+        if j1 < width:
+            WT[j1:].addmm_(U[j0:j1, j1:].T, errT[j0:j1], alpha=-1.0)
+    return errT
