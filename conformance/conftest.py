@@ -12,10 +12,12 @@ expected failure passes.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
@@ -62,6 +64,8 @@ def pytest_addoption(parser):
                     help="run only the tests of these requirement IDs")
     group.addoption("--level", default=None, metavar="LEVEL[,LEVEL...]",
                     help=f"run only tests of these levels: {', '.join(LEVELS)}, suite")
+    group.addoption("--inventory", default=None, metavar="FILE",
+                    help="write {test id: {reqs, level}} of every collected test as JSON (used by the self-test)")
 
 
 class _Run:
@@ -173,6 +177,11 @@ def pytest_collection_modifyitems(session, config, items):
     unknown = wanted_levels - set(LEVELS) - {"suite"}
     if unknown:
         raise pytest.UsageError(f"--level: unknown level(s) {sorted(unknown)}; known: {[*LEVELS, 'suite']}")
+    inventory = config.getoption("--inventory")
+    if inventory:
+        data = {item.nodeid: {"reqs": list(_req_ids(item)), "level": item_level(item), "file": str(item.path)}
+                for item in items}
+        Path(inventory).write_text(json.dumps(data, indent=0), encoding="utf-8")
     keep, drop = [], []
     for item in items:
         ids = _req_ids(item)

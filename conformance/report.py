@@ -18,23 +18,22 @@ Verdicts (per requirement, over all its tests):
 A failure is attributed to the requirement its message starts with (``"SGPT-4: ..."``)
 when that is one of the test's ``@req`` IDs, otherwise to all of them.
 
-Statements come from docs/spec.md when it can be found (the repository the run
-is in) and otherwise from ``requirements.json`` shipped in this package;
-``python -m rac.conformance.report --update-statements`` regenerates that file.
+Statements come from docs/spec.md: the one of the repository the run is in, else
+the copy installed with this package (``conformance/spec.md`` is a symlink to
+``../docs/spec.md``, which a wheel build copies in), else none (the table then
+shows IDs only).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-STATEMENTS_FILE = PACKAGE_DIR / "requirements.json"
+PACKAGE_DIR = Path(__file__).parent  # not resolved: conformance/spec.md must be read through its symlink
+PACKAGED_SPEC = PACKAGE_DIR / "spec.md"
 _REQ_LINE = re.compile(r"^\*\*([A-Z][A-Z0-9]*-\d+)\*\*\s*(.*)$")
 _LEADING_ID = re.compile(r"^\s*([A-Z][A-Z0-9]*-\d+)\b")
 VERDICTS = ("fail", "XPASS", "xfail", "pass", "skip")
@@ -70,23 +69,22 @@ def _short(text: str, limit: int = 110) -> str:
 
 
 def find_spec(candidates=()) -> Path | None:
-    """docs/spec.md next to the run (rootdir, cwd) or next to this package's source tree."""
-    for base in (*candidates, Path.cwd(), PACKAGE_DIR.parent):
+    """docs/spec.md next to the run (rootdir, cwd), next to this package's source tree, or installed with it."""
+    for base in (*candidates, Path.cwd(), PACKAGE_DIR.resolve().parent):
         path = Path(base) / "docs" / "spec.md"
         if path.is_file():
             return path
+    if PACKAGED_SPEC.is_file() and PACKAGED_SPEC.read_text(encoding="utf-8").startswith("#"):
+        return PACKAGED_SPEC
     return None
 
 
 def load_statements(candidates=()) -> tuple[dict, str]:
-    """(statements, where they came from): the spec when found, else the shipped copy, else nothing."""
+    """(statements, where they came from); ({}, "none ...") when no spec can be found."""
     spec = find_spec(candidates)
-    if spec is not None:
-        return parse_spec(spec.read_text(encoding="utf-8")), str(spec)
-    if STATEMENTS_FILE.is_file():
-        data = json.loads(STATEMENTS_FILE.read_text(encoding="utf-8"))
-        return dict(data["requirements"]), f"{STATEMENTS_FILE.name} (shipped copy of docs/spec.md)"
-    return {}, "none (docs/spec.md not found)"
+    if spec is None:
+        return {}, "none (docs/spec.md not found)"
+    return parse_spec(spec.read_text(encoding="utf-8")), str(spec)
 
 
 # --------------------------------------------------------------------------- records
@@ -280,37 +278,3 @@ def write(rows, meta: dict, directory) -> tuple[Path, Path]:
     j.write_text(json.dumps({"meta": meta, "requirements": rows}, indent=1, default=str) + "\n", encoding="utf-8")
     m.write_text(markdown(rows, meta), encoding="utf-8")
     return j, m
-
-
-# --------------------------------------------------------------------------- shipped statements
-
-
-def statements_payload(spec_path: Path) -> dict:
-    return {"source": "docs/spec.md", "requirements": parse_spec(spec_path.read_text(encoding="utf-8"))}
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Requirement statements shipped with rac.conformance.")
-    parser.add_argument("--spec", type=Path, default=None, help="docs/spec.md (default: found from here)")
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--update-statements", action="store_true", help=f"rewrite {STATEMENTS_FILE.name} from the spec")
-    action.add_argument("--check-statements", action="store_true", help=f"exit 1 if {STATEMENTS_FILE.name} is stale")
-    args = parser.parse_args(argv)
-    spec = args.spec or find_spec()
-    if spec is None or not spec.is_file():
-        parser.error("docs/spec.md not found; pass --spec")
-    want = json.dumps(statements_payload(spec), indent=1, ensure_ascii=False) + "\n"
-    if args.update_statements:
-        STATEMENTS_FILE.write_text(want, encoding="utf-8")
-        print(f"wrote {STATEMENTS_FILE}")
-        return 0
-    have = STATEMENTS_FILE.read_text(encoding="utf-8") if STATEMENTS_FILE.is_file() else ""
-    if have != want:
-        print(f"{STATEMENTS_FILE} is stale; run: python -m rac.conformance.report --update-statements")
-        return 1
-    print(f"{STATEMENTS_FILE.name} is current")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from rac.conformance._helpers import needs, req
 from rac.conformance.checks import assert_counts, groups
+from rac.conformance.measure import measure
 from rac.conformance.strategies import layers, nm_patterns, sparsities
 from rac.conformance.oracles import residual
 from rac.conformance.tolerances import objective_rtol
@@ -43,6 +44,7 @@ def test_alps_2_reaches_the_reference_objective(port, layer, sparsity, nm, patte
     ref = prune_layer(layer.W, layer.H, method="alps", **kwargs)
     got, want = residual(layer.W, weight, layer.X), residual(layer.W, ref.weight, layer.X)
     scale = float(((layer.W @ layer.X) ** 2).sum())
+    measure("ALPS-2", abs(got - want) / scale if scale else abs(got - want), 1e-6, "|objective - reference| / ||WX||^2")
     assert abs(got - want) <= 1e-6 * scale, f"ALPS-2: objective {got!r} vs reference {want!r} ({layer})"
 
 
@@ -61,6 +63,8 @@ def test_alps_3_final_weights_solve_the_ridge_problem_on_the_support(port, layer
     # 2000 steps reach rounding level: objective_rtol of the port's dtype, times cond.
     scale = float(((layer.W @ layer.X) ** 2).sum()) + float(torch.trace(layer.W @ layer.W.T))
     cond = layer.W.shape[1] / 0.01 + 1
+    measure("ALPS-3", max(0.0, got - want) / scale, objective_rtol(port.eps, layer.W.shape[1]) * cond,
+            "(objective - ridge optimum on the support) / scale")
     assert got <= want + objective_rtol(port.eps, layer.W.shape[1]) * cond * scale, (
         f"ALPS-3: objective {got!r} above the refit on its support {want!r} ({layer})"
     )

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rac.conformance._helpers import req
+from rac.conformance.measure import measure
 from rac.conformance.strategies import layers
 
 
@@ -31,6 +32,7 @@ def _assert_proportional(req_id, H_port, H_true, rtol):
     c = float(torch.trace(H_port) / torch.trace(H_true))
     assert c > 0, f"{req_id}: H must be a positive multiple of sum_t w_t x_t x_t^T (scale {c})"
     err = float((H_port / c - H_true).abs().max())
+    measure(req_id, err / float(H_true.abs().max()), rtol, "max |H / c - sum w x x^T| / max |H|")
     assert err <= rtol * float(H_true.abs().max()), f"{req_id}: H differs from c * sum_t w_t x_t x_t^T by {err:.3g}"
 
 

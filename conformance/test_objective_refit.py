@@ -14,6 +14,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from rac.conformance._helpers import needs, req
+from rac.conformance.measure import measure
 from rac.conformance.oracles import residual, resolvable, scipy_refit
 from rac.conformance.strategies import layers, make_layer, sparsities
 from rac.conformance.tolerances import REFIT_RTOL, objective_rtol
@@ -70,6 +71,7 @@ def test_ref_2_refit_matches_scipy_least_squares(layer, keep, seed):
     # refit sees only H, which fixes the answer to ~ n eps kappa(H) relative (kappa over the
     # non-zero spectrum); at most 1e-9 unless H itself is that ill-conditioned (near-duplicates)
     rtol = max(REFIT_RTOL, 10 * layer.H.shape[0] * 2.2e-16 * _kappa(layer.H))
+    measure("REF-2", abs(ours - best) / scale if scale else abs(ours - best), rtol, "|refit - scipy| / ||WX||^2")
     assert abs(ours - best) <= rtol * scale, f"REF-2: refit objective {ours!r} vs scipy {best!r}"
 
 
@@ -99,6 +101,7 @@ def test_ref_3_refit_weights_match_scipy_when_unique(layer, keep, seed):
         if np.linalg.cond(layer.H[S][:, S].numpy()) > 1e8:
             continue  # not unique enough to compare weights; REF-2 covers the objective
         err = float((W_hat[i] - W_sci[i]).abs().max())
+        measure("REF-3", err / max(1.0, float(W_sci[i].abs().max())), REFIT_RTOL, "max |refit - scipy| / max(1, |w|)")
         assert err <= REFIT_RTOL * max(1.0, float(W_sci[i].abs().max())), f"REF-3: row {i} differs by {err:.3g}"
 
 
@@ -130,4 +133,5 @@ def test_ref_4_no_port_beats_the_refit_of_its_own_mask(port, method, layer, spar
     best = residual(layer.W, refit(layer.W, mask, layer.H), layer.X)
     scale = float(((layer.W @ layer.X) ** 2).sum())
     rtol = max(REFIT_RTOL, objective_rtol(port.eps, layer.W.shape[1]))
+    measure("REF-4", max(0.0, best - got) / scale if scale else 0.0, rtol, "(refit of own mask - objective) / ||WX||^2")
     assert got >= best - rtol * scale, f"REF-4: {method} objective {got!r} below the optimum {best!r} on its own mask"

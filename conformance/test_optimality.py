@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from rac.conformance._helpers import needs, req
+from rac.conformance.measure import measure
 from rac.conformance.oracles import brute_force_optimum, residual, resolvable
 from rac.conformance.strategies import layers
 
@@ -29,5 +30,6 @@ def test_opt_1_never_below_the_brute_force_optimum(port, method, layer, sparsity
     best = brute_force_optimum(layer.W, layer.X, pruned_total=int((~mask).sum()))
     scale = float(((layer.W @ layer.X) ** 2).sum())
     # both sides are least-squares residuals computed in float64: 1e-9 of the problem's scale (REF-2's bound)
+    measure("OPT-1", max(0.0, best - got) / scale if scale else 0.0, 1e-9, "(optimum - objective) / ||WX||^2")
     assert got >= best - 1e-9 * scale, f"OPT-1: {method} objective {got!r} below the optimum {best!r}: impossible ({layer})"
     record_property(f"gap_{method}", (got - best) / scale if scale else 0.0)

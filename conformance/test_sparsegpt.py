@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from rac.conformance._helpers import needs, req
 from rac.conformance.checks import assert_counts, assert_nm, groups
+from rac.conformance.measure import measure
 from rac.conformance.oracles import ReplayViolation, sparsegpt_replay
 from rac.conformance.strategies import layers, make_layer, nm_patterns, sparsities
 from rac.conformance.tolerances import score_rtol, sweep_rtol
@@ -39,6 +40,7 @@ def _check_against_replay(req_id, port, layer, weight, mask, pattern, sparsity, 
         raise AssertionError(f"{req_id}: mask choice is not SparseGPT's: {exc} ({layer})") from None
     err = float((weight - replay).abs().max())
     scale = max(1.0, float(replay.abs().max()))
+    measure(req_id, err / scale, rtol_w, "max |weight - OBS replay| / max(1, |W_hat|)")
     assert err <= rtol_w * scale, (
         f"{req_id}: weights differ from the OBS sweep with the same masks by {err:.3g} "
         f"(tolerance {rtol_w * scale:.3g}) for {layer}"
@@ -88,7 +90,9 @@ def test_sgpt_7_blocksize_only_batches_updates_for_nm(port, layer, blocksize):
     b_w, b_m, _ = port.prune(layer.W, layer.H, method="sparsegpt", pattern="2:4", blocksize=128)
     assert torch.equal(a_m, b_m), "SGPT-7: the N:M mask depends on blocksize"
     rtol = sweep_rtol(port.eps, layer.W.shape[1], 0.01)
-    assert float((a_w - b_w).abs().max()) <= rtol * max(1.0, float(b_w.abs().max())), "SGPT-7: weights depend on blocksize"
+    diff = float((a_w - b_w).abs().max()) / max(1.0, float(b_w.abs().max()))
+    measure("SGPT-7", diff, rtol, "max |weights(blocksize) - weights(128)| / max(1, |W_hat|)")
+    assert diff <= rtol, "SGPT-7: weights depend on blocksize"
 
 
 @req("SGPT-8")

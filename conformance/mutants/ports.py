@@ -1,4 +1,4 @@
-"""Deliberately broken ports: each carries one plausible bug (self-test, docs/spec.md SELF-1).
+"""Layer-level mutants: prune_layer or hessian with one plausible bug (self-test, docs/spec.md SELF-1).
 
 Every mutant is the reference with exactly one thing changed, so the only
 reason the suite can reject it is that bug. ``MUTANTS`` lists each with the
@@ -8,8 +8,6 @@ requirement IDs the suite must name when it rejects it.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
-
 import torch
 
 import rac.reference as ref
@@ -17,10 +15,11 @@ from rac.reference import masks, sparsegpt
 from rac.reference._validate import parse_pattern
 from rac.reference.prune import PruneResult
 
+from . import Mutant, reference_port
+
 
 def _port(name, prune_layer, hessian=ref.hessian):
-    caps = dict(ref.CAPABILITIES, name=name)
-    return SimpleNamespace(prune_layer=prune_layer, hessian=hessian, CAPABILITIES=caps)
+    return reference_port(name, prune_layer=prune_layer, hessian=hessian)
 
 
 # ----------------------------------------------------------------- counting and masks
@@ -194,7 +193,7 @@ def _hessian_counts_padding(X, weights=None):
 
 
 #: name -> (port object, requirement IDs the suite must report failing, the bug)
-MUTANTS = {
+_TABLE = {
     "off_by_one_count": (_port("off_by_one_count", _off_by_one), {"CNT-1"}, "one weight too many pruned per group"),
     "nm_reads_n_as_pruned": (_port("nm_reads_n_as_pruned", _nm_pruned_reading), {"NM-2"}, "N:M read the other way round"),
     "float_floor_count": (_port("float_floor_count", _float_floor), {"CNT-3"}, "floor(s*n) in float arithmetic"),
@@ -216,5 +215,7 @@ MUTANTS = {
     "hessian_counts_padding": (_port("hessian_counts_padding", ref.prune_layer, _hessian_counts_padding), {"HES-4"}, "padding tokens counted in H"),
 }
 
+MUTANTS = {name: Mutant(port, "layer", ids, bug) for name, (port, ids, bug) in _TABLE.items()}
+
 # ``--port rac.conformance.mutants.ports:<name>`` selects one
-globals().update({name: entry[0] for name, entry in MUTANTS.items()})
+globals().update({name: m.port for name, m in MUTANTS.items()})
