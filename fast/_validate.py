@@ -17,9 +17,9 @@ from rac.reference.prune import check_request
 COMPUTE_DTYPE = torch.float32
 
 
-def checked_weight(W) -> torch.Tensor:
+def checked_weight(W, name: str = "W") -> torch.Tensor:
     """W validated as the reference validates it (GEN-5), left in its own dtype and device."""
-    return check_weight(W, convert=as_real_tensor)
+    return check_weight(W, name, convert=as_real_tensor)
 
 
 def checked_hessian(H, W: torch.Tensor) -> torch.Tensor:

@@ -1,20 +1,29 @@
-"""ALPS (spec ALPS-*) on whatever device W lives on: the reference's steps, float32 ADMM.
+"""ALPS (spec ALPS-*) on whatever device W lives on: the reference's steps, ADMM in float64.
 
 Same steps, options, defaults and stopping rules as ``rac.reference.alps``
 (its docstrings explain each): ridge and normalise, one eigendecomposition,
 ADMM with the rho-update scheme (``update_rho`` is the reference's own), the
 projection onto the sparsity set, CG on the final support. What changes:
 
-- every tensor stays on W's device; ADMM runs in float32 (PREC-4): per
-  iteration one GEMM of 2 out in^2 FLOPs, at full float32 precision;
+- every tensor stays on W's device; the host reads one integer per
+  ``update_every`` iterations (the support change), the only synchronisation
+  of the loop;
 - the projection P_S selects the k largest |Z| in O(n) (fast/masks.py) rather
-  than sorting the whole layer each iteration;
-- the ridge, the normalisation and the eigendecomposition are float64 (O(in^3)
-  once per H; the normalised H_n is symmetric with unit diagonal, its
-  eigenvectors are then rounded to float32 once), so ADMM starts from the
-  reference's H_n rounded once;
-- the support change is counted on the device; the host reads one integer per
-  ``update_every`` iterations, the only synchronisation of the loop.
+  than sorting the whole layer every iteration (4096 x 4096 on this CPU:
+  0.86 s instead of 2.7 s per iteration, next to a 3 s GEMM);
+- one GEMM of 2 out in^2 FLOPs per iteration, (H_n + rho I)^{-1} rebuilt from
+  the eigendecomposition only when rho changes, as the reference does.
+
+Precision (PREC-5): ALPS is the one pruner that stays float64 (``ADMM_DTYPE``).
+Its support is decided by the *magnitude* of an ADMM iterate, and in float32
+that iterate is off by about eps32 * cond(H_n); two entries that close in
+magnitude are not close in cost: swapping them moves the objective by O(w^2),
+not O(eps). Measured: ``make_layer('outliers', 7, 40, 41, 1955754634)`` at 2:4,
+float32 ADMM follows the reference's trajectory (33 iterations, same rho) and
+then keeps the other entry of one near-tied pair in the final projection: the
+objective differs by 1.3e-5 of ||W X||^2, 13x ALPS-2's bound. float64 costs
+2x on a CPU (the GEMM rate halves) and nothing on an H100, whose FP64 tensor
+cores run at the FP32 rate (67 TFLOP/s, datasheet; projected, not measured).
 """
 
 from __future__ import annotations
@@ -28,16 +37,17 @@ from rac.reference.masks import nm_mask
 from .masks import prune_lowest
 from .precision import full_fp32
 
-COMPUTE = torch.float32
+#: The dtype of ADMM and CG (PREC-5, module docstring).
+ADMM_DTYPE = torch.float64
 #: CG treats a row as solved once its residual is below this fraction of its right-hand side:
-#: 64 float32 epsilons (the reference's rule, at the port's rounding level).
-ROUNDING_FLOOR = 64 * float(torch.finfo(COMPUTE).eps)
+#: 64 epsilons of ADMM_DTYPE (the reference's rule).
+ROUNDING_FLOOR = 64 * float(torch.finfo(ADMM_DTYPE).eps)
 
 
 class AlpsFactor:
     """What ALPS needs of H, computed once per H (and shared by linears that read the same input).
 
-    norms (float64): sqrt of the ridged diagonal; H_n, L, Q (float32): the normalised H and its
+    norms: sqrt of the ridged diagonal; H_n, L, Q: the normalised H and its
     eigendecomposition H_n = Q diag(L) Q^T; dead: inputs with H_jj = 0.
     """
 
@@ -46,7 +56,7 @@ class AlpsFactor:
 
 
 def factorise(H: torch.Tensor, dampening: float) -> AlpsFactor:
-    """Steps 1-2a in float64: H_lambda = H + dampening mean(diag H) I, unit diagonal, eigh; then float32."""
+    """Steps 1-2a in float64: H_lambda = H + dampening mean(diag H) I, unit diagonal, eigh."""
     H64 = H.to(torch.float64)
     ridge = dampening * float(torch.diagonal(H64).mean())
     H_ridge = H64.clone()
@@ -55,7 +65,8 @@ def factorise(H: torch.Tensor, dampening: float) -> AlpsFactor:
     norms = torch.where(diag > 0, diag.clamp(min=0).sqrt(), torch.ones_like(diag))
     H_n = H_ridge / norms[:, None] / norms[None, :]
     L, Q = torch.linalg.eigh(H_n)
-    return AlpsFactor(norms, H_n.to(COMPUTE), L.to(COMPUTE), Q.to(COMPUTE), torch.diagonal(H) == 0)
+    cast = [t.to(ADMM_DTYPE) for t in (H_n, L, Q)]
+    return AlpsFactor(norms, *cast, torch.diagonal(H) == 0)
 
 
 def projection_mask(Z: torch.Tensor, pattern: Pattern, kept: int, dead: torch.Tensor) -> torch.Tensor:
@@ -72,7 +83,7 @@ def project(Z, pattern, kept, dead):
 
 
 def admm(W_n, H_n, L, Q, pattern, kept, dead, opts):
-    """Step 6 of the reference (same loop, same rules); float32 tensors on the device. Returns (B, info)."""
+    """Step 6 of the reference (same loop, same rules), on the device. Returns (B, info)."""
     WH = W_n @ H_n
     rho = opts["rho0"]
 
@@ -145,7 +156,7 @@ def conjugate_gradient_on_support(H_n, WH, B0, support, iterations: int, rtol: f
 def solve(W: torch.Tensor, factor: AlpsFactor, pattern: Pattern, sparsity: float, opts: dict):
     """Steps 3-8 for one weight: (W_hat in W's dtype, mask, info); ``opts`` checked and complete."""
     kept = kept_count(pattern, sparsity, W.numel())
-    W_n = (W.to(torch.float64) * factor.norms).to(COMPUTE)
+    W_n = (W.to(torch.float64) * factor.norms).to(ADMM_DTYPE)
     H_n, dead = factor.H_n, factor.dead
     with full_fp32():
         B, info = admm(W_n, H_n, factor.L, factor.Q, pattern, kept, dead, opts)

@@ -32,7 +32,7 @@ from .sweep import sweep_panel
 #: Columns per panel (one trailing GEMM each): the original's 128; measured in docs/benchmarks.md.
 PANEL = 128
 #: Columns per chunk inside a panel (rank-1 updates stay inside a chunk); measured in docs/benchmarks.md.
-CHUNK = 16
+CHUNK = 32
 
 
 def dead_inputs(H: torch.Tensor) -> torch.Tensor:

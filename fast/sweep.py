@@ -28,29 +28,70 @@ from rac.reference._validate import Pattern
 from rac.reference.masks import prune_lowest_per_row
 
 
+#: Up to this M, N:M groups are ranked by comparisons (M^2 per output), above it by a stable sort.
+PAIRWISE_MAX_M = 16
+
+
+def keep_highest(scores: torch.Tensor, kept: int) -> torch.Tensor:
+    """Keep-mask of scores (M, out): the ``kept`` highest of each column; ties: lower index pruned first (TIE-1).
+
+    Entry i is pruned iff fewer than M - kept entries are "below" it, where j is below i
+    when s_j < s_i, or s_j == s_i and j < i: exactly the order of a stable ascending sort.
+    Two schedules of the same comparisons: one broadcast (M, M, out) on a GPU (few kernels),
+    a loop over j on a CPU (less memory traffic). Measured for 2:4 at out = 4096 on this
+    CPU (1 thread): stable sort 656 us, broadcast 333 us, loop 190 us per group.
+    """
+    m = scores.shape[0]
+    if m > PAIRWISE_MAX_M:
+        return prune_lowest_per_row(scores.T, m - kept).T
+    if scores.device.type == "cpu":
+        return _rank_loop(scores) >= m - kept
+    return _rank_broadcast(scores) >= m - kept
+
+
+def _rank_loop(scores: torch.Tensor) -> torch.Tensor:
+    m = scores.shape[0]
+    rank = torch.zeros_like(scores, dtype=torch.int8)
+    for j in range(m):
+        rank += scores[j] < scores
+        if j + 1 < m:
+            rank[j + 1 :] += scores[j] == scores[j + 1 :]
+    return rank
+
+
+def _rank_broadcast(scores: torch.Tensor) -> torch.Tensor:
+    m = scores.shape[0]
+    earlier = torch.ones(m, m, dtype=torch.bool, device=scores.device).tril(-1).unsqueeze(2)  # [i, j]: j < i
+    s_i, s_j = scores.unsqueeze(1), scores.unsqueeze(0)
+    return ((s_j < s_i) | ((s_j == s_i) & earlier)).sum(dim=1)
+
+
 def nm_keep_group(WT_group: torch.Tensor, d_group: torch.Tensor, dead_group: torch.Tensor, pattern: Pattern) -> torch.Tensor:
     """Keep-mask (M, out) of one M-group: the N highest w^2 / U_jj^2 of every output (SGPT-5, TIE-1)."""
     scores = (WT_group.square() / d_group.square().unsqueeze(1)).masked_fill(dead_group.unsqueeze(1), 0.0)
-    return prune_lowest_per_row(scores.T, pattern.m - pattern.n).T
+    return keep_highest(scores, pattern.n)
 
 
-def sweep_chunk(WT, U, keepT, errT, j0: int, j1: int, d, dead, nm: Pattern | None) -> None:
+def sweep_chunk(WT, U, keepT, errT, j0: int, j1: int, d, dead, nm: Pattern | None, pruneF=None) -> None:
     """Fix columns j0 .. j1-1 of the panel in place (module docstring); errors go to errT[j0:j1].
 
     WT, keepT, errT: (panel, out) rows of the panel; U: (panel, panel) block of U; d = diag(U);
-    nm: the N:M pattern (groups aligned at multiples of M in panel coordinates) or None (mask given).
+    nm: the N:M pattern (groups aligned at multiples of M in panel coordinates) or None (mask given);
+    pruneF: 1.0 where pruned, 0.0 where kept, in WT's dtype (filled here for N:M groups).
+    Masks act by multiplying with 0/1 (exact for finite weights): a bool ``masked_fill`` of a
+    4096-vector costs 30 us on this CPU, a multiply 5-10 us (4 small ops per column in all).
     """
     for i in range(j0, j1):
         if nm is not None and i % nm.m == 0:
             g = slice(i, i + nm.m)
             keepT[g] = nm_keep_group(WT[g], d[g], dead[g], nm)
-        w = WT[i]
-        pruned = ~keepT[i]
-        e = w.masked_fill(keepT[i], 0.0) / U[i, i]
-        errT[i] = e
+            torch.logical_not(keepT[g], out=pruneF[g])
+        e = errT[i]
+        torch.mul(WT[i], pruneF[i], out=e)  # the pruned part of column i ...
+        e.div_(U[i, i])  # ... over U_ii: the OBS error
         if i + 1 < j1:
             WT[i + 1 : j1].addr_(U[i, i + 1 : j1], e, alpha=-1.0)
-        w.masked_fill_(pruned, 0.0)
+        WT[i].sub_(WT[i] * pruneF[i])  # w_i = kept part (pruned entries become exactly 0)
 
 
 def sweep_panel(WT, U, keepT, d, dead, nm: Pattern | None, chunk: int, chunk_fn=sweep_chunk) -> torch.Tensor:
@@ -63,9 +104,10 @@ def sweep_panel(WT, U, keepT, d, dead, nm: Pattern | None, chunk: int, chunk_fn=
     """
     width = WT.shape[0]
     errT = torch.empty_like(WT)
+    pruneF = torch.logical_not(keepT).to(WT.dtype)
     for j0 in range(0, width, chunk):
         j1 = min(j0 + chunk, width)
-        chunk_fn(WT, U, keepT, errT, j0, j1, d, dead, nm)
+        chunk_fn(WT, U, keepT, errT, j0, j1, d, dead, nm, pruneF)
         if j1 < width:
             WT[j1:].addmm_(U[j0:j1, j1:].T, errT[j0:j1], alpha=-1.0)
     return errT
