@@ -1,6 +1,6 @@
 """Sessions: `nox -s conformance selftest` is the project's test command (README, .ci/run).
 
-    nox -s conformance                          # the suite against the reference
+    nox -s conformance                          # the suite against the reference, then rac.fast
     nox -s conformance -- --port pkg.mod:obj    # ... against any port (docs/spec.md)
     nox -s selftest                             # the suite must reject every mutant port
 
@@ -19,11 +19,25 @@ def _install(session):
     session.install(".[test]")
 
 
+#: Ports `nox -s conformance` checks when no `--port` is given: the reference and rac.fast.
+DEFAULT_PORTS = ("rac.reference", "rac.fast")
+
+
 @nox.session
 def conformance(session):
-    """The conformance suite (pytest + hypothesis) against the reference, or `-- --port X`."""
+    """The conformance suite against the reference and rac.fast (FAST-*/PREC-* included), or `-- --port X`.
+
+    The second port skips the port-independent "suite" tests (the reference's own building
+    blocks, REF-1..3, OBJ-1): they already ran with the first and do not depend on the port.
+    """
     _install(session)
-    session.run("pytest", "conformance", *session.posargs)
+    if any(arg == "--port" or arg.startswith("--port=") for arg in session.posargs):
+        session.run("pytest", "conformance", *session.posargs)
+        return
+    first, *others = DEFAULT_PORTS
+    session.run("pytest", "conformance", f"--port={first}", *session.posargs)
+    for port in others:
+        session.run("pytest", "conformance", f"--port={port}", "--level=layer,calibration,model", *session.posargs)
 
 
 @nox.session
