@@ -23,6 +23,7 @@ CAPABILITIES = {
     "methods": METHODS,
     "patterns": ("unstructured", "nm"),
     "dtype": "float32",
+    "devices": ("cpu", "cuda"),  # the suite runs on "cpu" unless --device cuda
     "levels": ("layer",),
 }
 
