@@ -39,9 +39,9 @@ from .precision import full_fp32
 
 #: The dtype of ADMM and CG (PREC-5, module docstring).
 ADMM_DTYPE = torch.float64
-#: CG treats a row as solved once its residual is below this fraction of its right-hand side:
-#: 64 epsilons of ADMM_DTYPE (the reference's rule).
-ROUNDING_FLOOR = 64 * float(torch.finfo(ADMM_DTYPE).eps)
+#: CG treats a row as solved once its residual is below this many epsilons of its dtype times its
+#: right-hand side (the reference's rule: further steps only amplify rounding).
+ROUNDING_FLOOR_EPS = 64
 
 
 class AlpsFactor:
@@ -129,7 +129,8 @@ def conjugate_gradient_on_support(H_n, WH, B0, support, iterations: int, rtol: f
     mask = support.to(H_n.dtype)
     rhs = WH * mask
     rhs_norm = rhs.norm(dim=1)
-    limit = torch.maximum(rtol * rhs_norm, ROUNDING_FLOOR * rhs_norm)
+    floor = ROUNDING_FLOOR_EPS * float(torch.finfo(H_n.dtype).eps)
+    limit = torch.maximum(rtol * rhs_norm, floor * rhs_norm)
     X = B0.clone()
     R = (WH - X @ H_n) * mask
     P = R.clone()
