@@ -255,9 +255,15 @@ def pytest_runtest_makereport(item, call):
     run.records.append(record)
 
 
+def _group_first(exc):
+    """The first sub-exception of an exception group (hypothesis reports several distinct failures so), else None."""
+    subs = getattr(exc, "exceptions", None)  # BaseExceptionGroup is Python 3.11+; the backport has the same shape
+    return subs[0] if isinstance(subs, tuple) and subs else None
+
+
 def _message(exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
+    while _group_first(exc) is not None:
+        exc = _group_first(exc)
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
     if not isinstance(exc, AssertionError) or type(exc).__name__ != "AssertionError":
@@ -273,7 +279,7 @@ def _repro(item, run, exc) -> str:
     notes = []
     while exc is not None:
         notes += [n for n in getattr(exc, "__notes__", ()) if n.startswith(("Falsifying", "Failing test case"))]
-        exc = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) and exc.exceptions else None
+        exc = _group_first(exc)
     if notes:
         example = " ".join(notes[0].split())
         line += f"  # {example[:400]}"

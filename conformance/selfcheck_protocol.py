@@ -28,7 +28,7 @@ SUITE = Path(__file__).resolve().parent
 def run_suite(tmp_path, port, *args, files=("test_general.py",)) -> tuple[int, dict, str]:
     """Run the suite (hypothesis profile selftest) and return (exit code, {ID: report row}, output)."""
     report_dir = tmp_path / "report"
-    cmd = [sys.executable, "-m", "pytest", *(str(SUITE / f) for f in files), "-q", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", *(str(SUITE / f) for f in files), "-q", "-p", "no:cacheprovider", "--import-mode=importlib",
            "--rootdir", str(SUITE), f"--port={port}", f"--report-dir={report_dir}", *args]
     env = dict(os.environ, RAC_HYPOTHESIS_PROFILE="selftest", OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

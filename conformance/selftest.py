@@ -53,7 +53,7 @@ class Job:
 
 
 def pytest_command(port, files, args, report_dir) -> list:
-    cmd = [sys.executable, "-m", "pytest", *map(str, files), "-q", "-p", "no:cacheprovider", "--tb=line",
+    cmd = [sys.executable, "-m", "pytest", *map(str, files), "-q", "-p", "no:cacheprovider", "--tb=line", "--import-mode=importlib",
            "-W", "ignore::RuntimeWarning", "--rootdir", str(SUITE_DIR), f"--report-dir={report_dir}", *args]
     return cmd + ([f"--port={port}"] if port else [])
 
