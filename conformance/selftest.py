@@ -132,8 +132,9 @@ def judge(job: Job) -> tuple[bool, str]:
     failed = {row["id"] for row in r["rows"] if row["verdict"] == "fail"}
     timing = f"{r['seconds']:5.1f}s"
     if job.kind == "pass":
-        ok = r["code"] == 0
-        detail = "passed" if ok else f"FAILED (exit {r['code']}; failing {sorted(failed)})"
+        passed = sum(row["verdict"] == "pass" for row in r["rows"])
+        ok = r["code"] == 0 and passed > 0  # a run that skipped everything proves nothing
+        detail = f"passed ({passed} requirements)" if ok else f"FAILED (exit {r['code']}; failing {sorted(failed)}, {passed} passing)"
         return ok, f"{job.name:<38} {timing} must pass: {detail}"
     errors = [f["error"] for row in r["rows"] for f in row["failures"]]
     harness = [e for e in errors if "port not importable" in e]
