@@ -67,7 +67,7 @@ def factor_with_recovery(H: torch.Tensor, dampening: float, on_failure: str, out
         H_damped.diagonal().add_(damping(H64, damp))
         U = inverse_cholesky_upper(H_damped)
         if U is not None:
-            return U.to(out_dtype), damp
+            return U.to(out_dtype).contiguous(), damp  # row-major: the sweep reads rows of U
         if on_failure == "raise" or damp >= MAX_RECOVERY_DAMPENING:
             raise CholeskyError(
                 f"H + dampening * mean(diag H) * I is not positive definite for dampening in {tried}; "

@@ -20,6 +20,9 @@ rank-1 updates; the column loop issues about 5 small kernels per column.
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 
 from rac.reference._validate import Pattern, pruned_count
@@ -27,7 +30,7 @@ from rac.reference._validate import Pattern, pruned_count
 from .factor import factor_with_recovery
 from .masks import prune_lowest
 from .precision import full_fp32
-from .sweep import sweep_panel
+from .sweep import sweep_chunk, sweep_panel
 
 #: Columns per panel (one trailing GEMM each): the original's 128; measured in docs/benchmarks.md.
 PANEL = 128
@@ -54,13 +57,52 @@ def panel_starts(in_features: int, pattern: Pattern, blocksize: int, panel: int)
     return sorted(set(range(0, in_features, blocksize)) | set(range(0, in_features, panel)))
 
 
+_TRITON_FAILED: list = []
+
+
+def _triton_or_eager(*args) -> None:
+    """The Triton panel kernel; if it cannot be built here, say so once (RuntimeWarning) and run the eager loop."""
+    from . import triton_sweep
+
+    if not _TRITON_FAILED:
+        try:
+            return triton_sweep.chunk_fn(*args)
+        except Exception as exc:  # a compile or launch error happens before anything is written
+            _TRITON_FAILED.append(exc)
+            warnings.warn(f"rac.fast: the Triton sweep kernel failed ({exc!r}); using the eager column loop",
+                          RuntimeWarning, stacklevel=2)
+    return sweep_chunk(*args)
+
+
+def in_panel_schedule(device: torch.device):
+    """(chunk_fn, whole panel?) for the in-panel column loop on ``device``.
+
+    RAC_FAST_SWEEP=auto (default): the Triton kernel on CUDA when Triton is installed (one launch
+    per panel, fast/triton_sweep.py), else the eager loop in chunks of CHUNK; "eager" or "triton"
+    force one. Both compute the same thing (FAST-10).
+    """
+    choice = os.environ.get("RAC_FAST_SWEEP", "auto")
+    if choice not in ("auto", "eager", "triton"):
+        raise ValueError(f"RAC_FAST_SWEEP must be 'auto', 'eager' or 'triton', got {choice!r}")
+    from . import triton_sweep
+
+    if choice == "triton" or (choice == "auto" and device.type == "cuda" and triton_sweep.available(device)):
+        return _triton_or_eager, True
+    return sweep_chunk, False
+
+
 def sparsegpt_sweep(W32, U, dead, pattern: Pattern, sparsity: float, blocksize: int, *,
                     panel: int = PANEL, chunk: int = CHUNK, chunk_fn=None):
     """Blocked OBS sweep of W32 (out, in) with U (in, in); returns (W_hat, mask) on W32's device, W32's dtype.
 
     ``panel``, ``chunk`` and ``chunk_fn`` change only the order of the arithmetic (tests and
-    benchmarks vary them); the defaults are the measured best.
+    benchmarks vary them); the defaults are the measured best, and ``in_panel_schedule``'s
+    choice of column loop for the device.
     """
+    if chunk_fn is None:
+        chunk_fn, whole_panel = in_panel_schedule(W32.device)
+        if whole_panel:
+            chunk = panel
     out_features, in_features = W32.shape
     WT = W32.T.contiguous()
     keepT = torch.ones_like(WT, dtype=torch.bool)
@@ -70,7 +112,7 @@ def sparsegpt_sweep(W32, U, dead, pattern: Pattern, sparsity: float, blocksize: 
         nm = pattern
     else:
         nm = None
-    kwargs = {} if chunk_fn is None else {"chunk_fn": chunk_fn}
+    kwargs = {"chunk_fn": chunk_fn}
     starts = panel_starts(in_features, pattern, blocksize, panel)
     with full_fp32():
         for a, b in zip(starts, starts[1:] + [in_features]):
