@@ -8,12 +8,20 @@ port of the conformance suite (``pytest conformance --port rac.fast``).
 - ``prune_shared({name: W}, H, ...)``     linears sharing an input: one H, one factorisation
 - ``hessian(X, weights=None)``            H = sum_t w_t x_t x_t^T, float32 accumulation (HES-*)
 - ``HessianAccumulator(in_features)``     the same, streamed over token chunks (Phase II)
+
+Model level (the reference's entry points, same arguments and results):
+
+- ``collect_calibration(model, tokenizer, prompts, mode=...)``  batched decoding with a KV cache (CAL-*, EQV-1)
+- ``compress(model, calibration, method=...)``                  streamed H, one block on the device at a time,
+                                                                 checkpoints (P2-*, EQV-2, RES-1, MEM-1, DEV-*)
 """
 
 from rac.reference._validate import METHODS
 from rac.reference.prune import PruneResult
 from rac.reference.sparsegpt import CholeskyError
 
+from .calibration import collect_calibration
+from .compress import InsufficientMemoryError, compress
 from .hessian import HessianAccumulator, hessian
 from .prune import prune_layer, prune_shared
 
@@ -24,14 +32,17 @@ CAPABILITIES = {
     "patterns": ("unstructured", "nm"),
     "dtype": "float32",
     "devices": ("cpu", "cuda"),  # the suite runs on "cpu" unless --device cuda
-    "levels": ("layer",),
+    "levels": ("layer", "calibration", "model"),
 }
 
 __all__ = [
     "CAPABILITIES",
     "CholeskyError",
     "HessianAccumulator",
+    "InsufficientMemoryError",
     "PruneResult",
+    "collect_calibration",
+    "compress",
     "hessian",
     "prune_layer",
     "prune_shared",

@@ -53,6 +53,15 @@ def add_parser(sub) -> None:
     pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="method option, e.g. blocksize=64 or dampening=0.1 (repeatable)")
     pr.add_argument("--batch-size", type=int, default=1, help="sequences per forward in Phase II")
+    impl = p.add_argument_group("implementation")
+    impl.add_argument("--impl", default="fast", choices=("fast", "reference"),
+                      help="fast: batched decoding, streamed Hessians, one block on the device at a time (default); "
+                           "reference: float64, one token at a time, everything in memory")
+    impl.add_argument("--device", default="auto", help="fast: auto (CUDA if present, else CPU), cuda, cuda:1, cpu")
+    impl.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                      help="load the model in this dtype (default: as stored)")
+    impl.add_argument("--gen-batch-size", default="auto", help="fast Phase I: prompts decoded together (auto or N)")
+    impl.add_argument("--checkpoint-dir", default=None, help="fast Phase II: save each block there and resume from it")
     out = p.add_argument_group("output")
     out.add_argument("--out", help="write the pruned model, tokenizer and report.json here")
     out.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -64,7 +73,6 @@ def run(args) -> int:
     import torch
 
     from rac import fixtures
-    from rac.reference import collect_calibration, compress
     from rac.reference.compress import check_compress_arguments
     from rac.reference.data import align_traces, read_corpus, read_problems, read_traces
     from rac.reference.export import export_pruned, load_model, load_tokenizer
@@ -93,12 +101,15 @@ def run(args) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    collect_calibration, compress, phase1_extra, phase2_extra = _implementation(args)
     torch.manual_seed(args.seed)
-    model = load_model(model_dir, trust_remote_code=args.trust_remote_code)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model = load_model(model_dir, dtype=dtype, trust_remote_code=args.trust_remote_code)
     tokenizer = load_tokenizer(model_dir)
     prune_args = dict(method=args.method, sparsity=sparsity, pattern=args.pattern, propagation=args.propagation,
                       targets=targets, blocks=blocks, batch_size=args.batch_size, **options)
     check_compress_arguments(model, **prune_args)  # before Phase I: a typo costs seconds, not a calibration
+    extra.update(phase1_extra)
     started = time.perf_counter()
     calib = collect_calibration(
         model, tokenizer, [p["problem"] for p in problems], mode=args.calibration,
@@ -108,7 +119,8 @@ def run(args) -> int:
     )
     phase1 = time.perf_counter() - started
     started = time.perf_counter()
-    model, report = compress(model, calib, progress=_bar("Phase II", "blocks") if bars else None, **prune_args)
+    model, report = compress(model, calib, progress=_bar("Phase II", "blocks") if bars else None, **prune_args,
+                             **phase2_extra)
     phase2 = time.perf_counter() - started
     report["phase_seconds"] = {"calibration": phase1, "compression": phase2}
     report["command"] = {"model": str(model_dir), "argv": sys.argv[1:], **{k: v for k, v in vars(args).items() if k != "func"}}
@@ -117,6 +129,23 @@ def run(args) -> int:
         export_pruned(model, tokenizer, out, report=report, overwrite=args.overwrite)
         print(f"wrote {out} (safetensors, tokenizer, {out / 'report.json'})")
     return 0
+
+
+def _implementation(args):
+    """(collect_calibration, compress, extra Phase I arguments, extra Phase II arguments) of --impl."""
+    if args.impl == "reference":
+        from rac.reference import collect_calibration, compress
+
+        return collect_calibration, compress, {}, {}
+    from rac.fast import collect_calibration, compress
+
+    gen = args.gen_batch_size
+    if gen != "auto":
+        try:
+            gen = int(gen)
+        except ValueError:
+            raise ValueError(f"--gen-batch-size must be 'auto' or a positive integer, got {gen!r}") from None
+    return collect_calibration, compress, {"batch_size": gen}, {"device": args.device, "checkpoint_dir": args.checkpoint_dir}
 
 
 def _prune_arguments(args):
