@@ -82,3 +82,20 @@ def conformance_llmcompressor(session):
     )
     # the reproductions quoted in docs/ports/llmcompressor.md still reproduce
     session.run("pytest", "docs/ports/test_llmcompressor_repros.py", "-q")
+
+
+@nox.session
+def bench_llmcompressor(session):
+    """rac.fast and rac.reference against llm-compressor's SparseGPT and Wanda on the same W and H
+    (time and objective; docs/ports/llmcompressor.md). Not a default session.
+
+    Saves docs/bench/llmcompressor-<device>-<UTC time>.json; options go to pytest, e.g.
+    `nox -s bench_llmcompressor -- -k 1024`.
+    """
+    import datetime
+
+    session.install(".[test,llmcompressor]")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%MZ")
+    session.run("pytest", "conformance/benchmarks/bench_llmcompressor.py", "--benchmark-only", "-p", "no:cacheprovider",
+                "--report-dir=", "--test-timeout=0", f"--benchmark-json=docs/bench/llmcompressor-cpu-{stamp}.json",
+                *session.posargs)
