@@ -55,7 +55,8 @@ def bench(session):
     device = session.run("python", "-c", probe, silent=True).strip().splitlines()[-1]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%MZ")
     session.run("pytest", "conformance/benchmarks/bench_layer.py", "--benchmark-only", "-p", "no:cacheprovider",
-                "--report-dir=", f"--benchmark-json=docs/bench/layer-{device}-{stamp}.json", *session.posargs)
+                "--report-dir=", "--test-timeout=0", f"--benchmark-json=docs/bench/layer-{device}-{stamp}.json",
+                *session.posargs)
 
 
 @nox.session
