@@ -14,11 +14,13 @@ float64, the same way for every result, and stored in each benchmark's
 "ours" is ``rac.fast.prune_layer`` (skipped where it does not exist), and ``rac.reference``
 (float64, the plain per-column sweep: the correctness baseline, not a speed claim).
 Sizes: 1024 and 4096 square layers (a 7B-class attention projection is 4096 x 4096).
+Rounds: 3 at 1024, 1 at 4096, or RAC_BENCH_ROUNDS; the reported time is pytest-benchmark's min.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 
 import pytest
 import torch
@@ -90,7 +92,7 @@ def test_bench_against_llmcompressor(benchmark, size, method, setting, impl):
         pytest.skip("reference SparseGPT at 4096 is a float64 per-column sweep (minutes): the baseline is 1024")
     W, H = layer(size)
     kwargs = dict(method=method, **SETTINGS[setting], **METHOD_OPTIONS[method])
-    rounds = 3 if size <= 1024 else 1
+    rounds = int(os.environ.get("RAC_BENCH_ROUNDS", 3 if size <= 1024 else 1))
     weight, mask = benchmark.pedantic(lambda: prune_layer(W, H, **kwargs)[:2], rounds=rounds, iterations=1)
     weight, mask = torch.as_tensor(weight).cpu(), torch.as_tensor(mask).cpu()
     assert mask.dtype == torch.bool and weight.shape == W.shape
