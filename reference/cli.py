@@ -2,6 +2,7 @@
 
     rac layer      prune one random layer with every method, print the report   (this file)
     rac prune      Algorithm 1 on a Hugging Face model, export the pruned model (cli_prune.py)
+    rac eval       acc@1 (SE) and thinking tokens of a model on math problems   (cli_eval.py)
 
 Every subcommand module has ``add_parser(subparsers)``, which adds its parser and
 sets ``func`` (args -> exit code). Heavy imports happen inside ``func``, so
@@ -21,6 +22,7 @@ import time
 COMMAND_MODULES = (
     "rac.reference.cli",
     "rac.reference.cli_prune",
+    "rac.reference.cli_eval",
 )
 
 
