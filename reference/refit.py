@@ -34,10 +34,14 @@ def hessian_square_root(H: torch.Tensor) -> torch.Tensor:
 
 
 def rank_cutoff(R: torch.Tensor) -> float:
-    """Singular values of R_S below this are zero: eigh leaves an absolute error of about
-    n * eps * ||R|| in each entry of R, so smaller directions are rounding, not data (10x margin)."""
+    """Singular values of R_S below this are zero: H's eigenvalues are known only to within
+    n * eps * lambda_max (eigh's backward error), so R = Q sqrt(lambda) resolves singular values
+    only down to sqrt(n * eps * lambda_max) = sqrt(n * eps) * ||R||; below that, a direction is
+    indistinguishable from an exact zero. (An eigenvector's error grows with 1/gap, so rounding
+    in R_S can reach far above n * eps * ||R||: make_layer('mixed', 1, 38, 33, 33) has a spurious
+    6e-11 = 12 n eps ||R|| that a 10 n eps ||R|| cut kept and pinv blew up, REF-2.)"""
     n = R.shape[0]
-    return 10 * n * torch.finfo(R.dtype).eps * float(torch.linalg.matrix_norm(R, ord=2))
+    return (n * torch.finfo(R.dtype).eps) ** 0.5 * float(torch.linalg.matrix_norm(R, ord=2))
 
 
 def refit_row(w: torch.Tensor, keep: torch.Tensor, R: torch.Tensor, cutoff: float) -> torch.Tensor:
