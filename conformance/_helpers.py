@@ -17,3 +17,12 @@ def needs_level(port, level: str) -> None:
     """Skip (with the reason) when the port does not implement this level of the protocol."""
     if not port.supports_level(level):
         pytest.skip(f"port {port.name} does not implement the {level!r} level")
+
+
+
+def unchanged(port, got, W) -> bool:
+    """``got`` is W left as it was: bitwise W, or W rounded once to the dtype the port declares (a
+    float32 port that leaves a weight alone returns float32(W); rac.fast returns W's own dtype)."""
+    import torch
+
+    return torch.equal(got, W) or torch.equal(got, W.to(getattr(torch, port.dtype)).to(W.dtype))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 
 from rac.conformance._helpers import needs, req
 from rac.conformance.checks import DEFAULT_GROUP, assert_counts, assert_nm, assert_nm_tie_rule, assert_tie_rule, groups
@@ -52,6 +52,8 @@ def test_cnt_3_count_is_exact_on_the_decimal(port, method, sparsity, size, expec
 
 @req("NM-1")
 @pytest.mark.parametrize("method", METHODS)
+# dead inputs with 3:4: a pruner that zeroes dead weights up front keeps fewer than N (llm-compressor, LC-4)
+@example(data=make_layer("dead_inputs", 1, 16, 17, 0), pattern="3:4")
 @given(data=layers(in_multiple=8), pattern=nm_patterns)
 def test_nm_1_every_group_keeps_exactly_n(port, method, data, pattern):
     """NM-1: N:M keeps exactly N of every M consecutive inputs of each row (groups aligned at 0, M, 2M, ...)."""

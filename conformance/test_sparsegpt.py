@@ -82,7 +82,9 @@ def test_sgpt_5_nm_selected_each_group_from_updated_weights(port, layer, pattern
 
 
 @req("SGPT-7")
-@given(layer=layers(in_multiple=4, max_in=32, kinds=("gaussian", "outliers")), blocksize=st.sampled_from([4, 8, 16]))
+# a blocksize that is not a multiple of M: N:M groups must stay aligned at 0, M, 2M (llm-compressor, LC-9)
+@example(layer=make_layer("gaussian", 4, 24, 30, 3), blocksize=6)
+@given(layer=layers(in_multiple=4, max_in=32, kinds=("gaussian", "outliers")), blocksize=st.sampled_from([4, 6, 8, 10, 16]))
 def test_sgpt_7_blocksize_only_batches_updates_for_nm(port, layer, blocksize):
     """SGPT-7: lazy batching is only a reordering: for N:M the result does not depend on blocksize."""
     needs(port, "sparsegpt", "nm", options=("blocksize",))
