@@ -106,7 +106,7 @@ def _chat_ids(tok, problem):
 
 @req("CAL-1")
 @pytest.mark.parametrize("name", MODELS)
-def test_cal_1_decode_time_capture_equals_teacher_forced(loaded, prompts, name):
+def test_cal_1_decode_time_capture_equals_teacher_forced(loaded, prompts, name, measure):
     """CAL-1: the block inputs captured while decoding (prompt forward + one-token KV-cache steps)
     equal those of one teacher-forced forward over the finished sequence (causality: Phase II may
     recompute the decode-time activations of Algorithm 1 from the token ids alone). One trace ends
@@ -116,11 +116,11 @@ def test_cal_1_decode_time_capture_equals_teacher_forced(loaded, prompts, name):
     heavy = _eos_heavy(model, 3.0)
     cs_eos = collect_calibration(heavy, tok, prompts[:1], mode="rac", max_new_tokens=24, capture=True)
     assert cs_eos.meta["trace_stops"]["eos"] == 1, "CAL-1: the EOS-heavy model should end its trace at EOS"
-    _assert_capture_matches(model, cs, name)
-    _assert_capture_matches(heavy, cs_eos, name)
+    _assert_capture_matches(model, cs, name, measure)
+    _assert_capture_matches(heavy, cs_eos, name, measure)
 
 
-def _assert_capture_matches(model, cs, name):
+def _assert_capture_matches(model, cs, name, measure):
     model64 = copy.deepcopy(model).double()
     L = len(decoder_blocks(model))
     for ids, acts in zip(cs.sequences, cs.activations):
@@ -138,6 +138,7 @@ def _assert_capture_matches(model, cs, name):
         # sequences where the float32 errors happen to be tiny. A wrong position, offset or a missed
         # step gives O(max|x|) errors.
         bound = 2 * err_forced + 1e-6 * float(truth.abs().max())
+        measure("CAL-1", err_capture, bound, "max |capture - float64 truth|")
         assert err_capture <= bound, f"CAL-1 ({name}): capture vs teacher forcing {err_capture:.3g} > {bound:.3g}"
 
 
