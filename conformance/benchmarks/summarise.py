@@ -34,14 +34,14 @@ def layer_table(benchmarks: list) -> list:
         if "impl" not in e:
             continue
         rows[(e["size"], e["method"], e["setting"], e["impl"])] = (b["stats"]["min"], e)
-    lines = ["| size | method | setting | impl | time (s) | bound (s) | x bound | speed-up | objective / tr(WHWᵀ) | load |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| size | method | setting | impl | time (s) | bound (s) | x bound | speed-up | objective / tr(WHWᵀ) | load | run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (size, method, setting, impl), (t, e) in sorted(rows.items()):
         ref = rows.get((size, method, setting, "reference"))
         speed = _fmt(ref[0] / t) + "x" if impl == "fast" and ref else ""
         bound = e["lower_bound_s"]
         lines.append(f"| {size} | {method} | {setting} | {impl} | {_fmt(t)} | {_fmt(bound)} | {_fmt(t / bound)} | "
-                     f"{speed} | {e['objective_relative']:.6g} | {e['loadavg_1min']:.1f} |")
+                     f"{speed} | {e['objective_relative']:.6g} | {e['loadavg_1min']:.1f} | {e.get('run', 1)} |")
     return lines
 
 
@@ -69,19 +69,27 @@ def rates(benchmarks: list) -> list:
 
 
 def main(paths) -> None:
-    for path in paths:
+    """One block per file; with several files, also one merged layer table (a later file's case replaces an
+    earlier file's, and the "run" column names the file)."""
+    merged = []
+    for i, path in enumerate(paths, 1):
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         bench = data["benchmarks"]
-        print(header(data, path), "\n")
+        print(f"run {i}: " + header(data, path), "\n")
         print("\n".join(rates(bench)), "\n")
         bw = {b["extra_info"].get("bandwidth_bytes_per_s") for b in bench} - {None}
         if bw:
             print(f"- copy bandwidth: {max(bw) / 1e9:.2f} GB/s\n")
-        for table in (layer_table(bench), other_table(bench, "variant", "sweep variant"),
-                      other_table(bench, "recipe", "factorisation")):
+        for b in bench:
+            b["extra_info"]["run"] = i
+        merged += bench
+        for table in (other_table(bench, "variant", "sweep variant"), other_table(bench, "recipe", "factorisation")):
             if len(table) > 2:
                 print("\n".join(table), "\n")
+    table = layer_table(merged)
+    if len(table) > 2:
+        print("\n".join(table), "\n")
 
 
 if __name__ == "__main__":
