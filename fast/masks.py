@@ -5,9 +5,10 @@ The reference prunes the k lowest scores of a group with a stable sort
 score; prune every score < t, then the first (k - #{score < t}) scores equal to
 t in index order, which is exactly where a stable ascending sort puts them
 (TIE-1). ``torch.kthvalue`` is a selection, ``cumsum`` orders the ties.
-Measured on this CPU (2 cores, docs/benchmarks.md): 4096 x 4096 scores,
-per-row k = 2048: sort 1.17 s, selection 0.32 s; one layer-wide group: 2.7 s
-vs 0.86 s. Nothing here syncs a GPU with the host.
+Measured (conformance/benchmarks/probe_micro.py, 1 thread of this 2-core EPYC,
+docs/benchmarks.md): 4096 x 4096 scores, k = 2048 per row: selection 0.52 s,
+sort 1.15 s; one layer-wide group: 0.50 s vs 2.57 s. Nothing here syncs a GPU
+with the host.
 
 N:M groups are tiny (M inputs); there a stable sort of each group is as fast
 as anything else, so the reference's ``nm_mask`` (device-agnostic) is reused.

@@ -39,6 +39,8 @@ def layer_table(benchmarks: list) -> list:
     for (size, method, setting, impl), (t, e) in sorted(rows.items()):
         ref = rows.get((size, method, setting, "reference"))
         speed = _fmt(ref[0] / t) + "x" if impl == "fast" and ref else ""
+        if speed and ref[1].get("run", 1) != e.get("run", 1):
+            speed += " (runs differ)"  # machine load differed between the runs: compare the bounds too
         bound = e["lower_bound_s"]
         lines.append(f"| {size} | {method} | {setting} | {impl} | {_fmt(t)} | {_fmt(bound)} | {_fmt(t / bound)} | "
                      f"{speed} | {e['objective_relative']:.6g} | {e['loadavg_1min']:.1f} | {e.get('run', 1)} |")
