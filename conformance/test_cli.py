@@ -14,13 +14,13 @@ from rac.reference._hf import decoder_blocks
 from rac.reference.cli import main
 from rac.reference.export import load_model
 
-QUICK = ["--num-prompts", "2", "--max-new-tokens", "8", "--quiet"]
+QUICK = ["--num-prompts", "2", "--max-new-tokens", "8", "--quiet", "--no-eval"]
 
 
 @req("CLI-1")
 def test_cli_1_prune_runs_on_the_bundled_default_and_exports(tmp_path, capsys):
-    """CLI-1: with no --model/--prompts, `rac prune` prunes the bundled model on the bundled problems,
-    prints one summary row per pruned linear, and --out holds a model that loads and is 2:4 sparse."""
+    """CLI-1: with no --model/--prompts, `rac prune` prunes the bundled toy reasoner on its training
+    problems, prints one summary row per pruned linear, and --out holds a model that loads and is 2:4 sparse."""
     out = tmp_path / "pruned"
     assert main(["prune", *QUICK, "--method", "wanda", "--pattern", "2:4", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -70,13 +70,37 @@ def test_cli_2_mistakes_exit_2_with_a_named_cause(tmp_path, capsys):
 @req("CLI-3")
 def test_cli_3_same_seed_same_pruned_model(tmp_path, capsys):
     """CLI-3: sampled traces (T 0.7, top-p 0.95) with the same --seed give bitwise the same exported
-    model; another seed gives other traces, hence another model."""
+    model; another seed gives other traces, hence another model. (On a random fixture model: the toy
+    reasoner is so sure of its arithmetic that two seeds can give the same 8 tokens.)"""
     runs = {}
     for tag, seed in (("a", 3), ("b", 3), ("c", 4)):
         out = tmp_path / tag
-        args = ["prune", *QUICK, "--temperature", "0.7", "--top-p", "0.95", "--seed", str(seed), "--out", str(out)]
+        args = ["prune", *QUICK, "--model", str(model_dir("qwen3")), "--temperature", "0.7", "--top-p", "0.95",
+                "--seed", str(seed), "--out", str(out)]
         assert main(args) == 0
         runs[tag] = state(load_model(out))
     capsys.readouterr()
     assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"]), "CLI-3: same seed, different models"
     assert any(not torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"]), "CLI-3: the seed is not used"
+
+
+@req("CLI-4")
+def test_cli_4_the_bundled_default_reports_accuracy_before_and_after(tmp_path, capsys):
+    """CLI-4: by default the bundled model is evaluated on held-out problems before and after pruning;
+    the table and report.json give both, on the same problems, and the dense row is what `rac eval`
+    finds for the dense model on them (same greedy generations)."""
+    from rac.fixtures import TOY_REASONER, TOY_TEST
+
+    out = tmp_path / "pruned"
+    assert main(["prune", "--num-prompts", "4", "--quiet", "--num-eval", "6", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"evaluation on 6 held-out problems", printed) and re.search(r"^dense .*\n^pruned ", printed, re.M)
+    report = json.loads((out / "report.json").read_text())
+    dense, pruned = report["evaluation"]["dense"], report["evaluation"]["pruned"]
+    assert dense["problems"] == pruned["problems"] == 6
+    assert main(["eval", "--model", str(TOY_REASONER), "--problems", str(TOY_TEST), "--limit", "6", "--max-new-tokens",
+                 "512", "--out", str(tmp_path / "eval.json")]) == 0
+    capsys.readouterr()
+    direct = json.loads((tmp_path / "eval.json").read_text())
+    direct = direct.get("summary", direct)
+    assert direct["acc@1"] == dense["acc@1"] and direct["thinking_tokens_mean"] == dense["thinking_tokens_mean"]

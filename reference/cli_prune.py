@@ -4,8 +4,10 @@
 
 Phase I (calibration) and Phase II (compression) each show a progress bar on stderr;
 a summary table ends the run; ``--out`` gets the pruned model (safetensors), its
-tokenizer and ``report.json``. With no ``--model`` / ``--prompts`` the bundled
-fixtures are used, so the command works on a fresh machine with nothing downloaded.
+tokenizer and ``report.json``. With no ``--model`` the bundled toy reasoner is pruned
+(calibrated on its training problems, evaluated before and after on held-out ones), so
+the command works on a fresh machine with nothing downloaded. ``--eval-problems`` adds
+the before/after evaluation (acc@1 with SE, thinking tokens) for any model.
 
 Everything that can be checked before the work starts is checked first (the output
 directory, the files, the pattern against every target), so a mistake costs seconds,
@@ -19,23 +21,27 @@ import sys
 import time
 from pathlib import Path
 
-#: The bundled default model of ``rac prune`` (a directory of rac.fixtures.MODELS).
-DEFAULT_MODEL = "qwen3"
+#: Defaults with no --model: the bundled toy reasoner, 64 of its training problems for calibration,
+#: 100 of its held-out problems for the before/after evaluation.
+DEFAULT_CALIBRATION_PROMPTS = 64
+DEFAULT_EVAL_PROBLEMS = 100
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("prune", help="prune a model with RAC (Phase I calibration + Phase II layer-wise pruning)",
                        description=__doc__.split("\n\n")[1])
     src = p.add_argument_group("model and data")
-    src.add_argument("--model", help=f"save_pretrained directory (default: the bundled fixture '{DEFAULT_MODEL}')")
-    src.add_argument("--prompts", help="problems, JSON lines with a 'problem' field (default: the bundled problems)")
-    src.add_argument("--num-prompts", type=int, default=None, help="use only the first N problems (default: all)")
+    src.add_argument("--model", help="save_pretrained directory (default: the bundled toy reasoner)")
+    src.add_argument("--prompts", help="problems, JSON lines with a 'problem' field (default: the bundled model's "
+                                       "training problems, or the fixture problems with --model)")
+    src.add_argument("--num-prompts", type=int, default=None,
+                     help=f"use only the first N problems (default: all; {DEFAULT_CALIBRATION_PROMPTS} with the bundled model)")
     src.add_argument("--traces", help="offpolicy: JSON lines {id, trace} matched to the problems' ids")
     src.add_argument("--corpus", help="text: a plain-text corpus (default: the bundled corpus)")
     src.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
     cal = p.add_argument_group("Phase I: calibration")
     cal.add_argument("--calibration", default="rac", choices=("text", "prompt", "rac", "offpolicy"))
-    cal.add_argument("--max-new-tokens", type=int, default=128, help="T_max: trace length limit (default 128)")
+    cal.add_argument("--max-new-tokens", type=int, default=256, help="T_max: trace length limit (default 256)")
     cal.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     cal.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
     cal.add_argument("--top-p", type=float, default=1.0)
@@ -52,7 +58,15 @@ def add_parser(sub) -> None:
     pr.add_argument("--targets", default=None, help="comma-separated module names or kinds, e.g. mlp or q_proj,k_proj")
     pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="method option, e.g. blocksize=64 or dampening=0.1 (repeatable)")
-    pr.add_argument("--batch-size", type=int, default=1, help="sequences per forward in Phase II")
+    pr.add_argument("--batch-size", type=int, default=None,
+                    help="sequences per forward in Phase II (default: the implementation's, reference 1, fast 8)")
+    ev = p.add_argument_group("evaluation before and after pruning")
+    ev.add_argument("--eval-problems", help="held-out problems (JSON lines with problem and answer); default: the "
+                                            "bundled model's test problems, none with --model")
+    ev.add_argument("--num-eval", type=int, default=None,
+                    help=f"evaluate on the first N (default: all; {DEFAULT_EVAL_PROBLEMS} with the bundled model)")
+    ev.add_argument("--eval-max-new-tokens", type=int, default=512, help="reply length limit (default 512)")
+    ev.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     impl = p.add_argument_group("implementation")
     impl.add_argument("--impl", default="fast", choices=("fast", "reference"),
                       help="fast: batched decoding, streamed Hessians, one block on the device at a time (default); "
@@ -81,12 +95,15 @@ def run(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.overwrite:
         raise FileExistsError(f"--out {out} already exists; choose another path or add --overwrite")
-    model_dir = Path(args.model) if args.model else fixtures.model_dir(DEFAULT_MODEL)
-    problems = read_problems(Path(args.prompts) if args.prompts else fixtures.PROBLEMS)
-    if args.num_prompts is not None:
-        if args.num_prompts < 1:
-            raise ValueError(f"--num-prompts must be a positive integer, got {args.num_prompts}")
-        problems = problems[: args.num_prompts]
+    bundled = args.model is None
+    model_dir = Path(args.model) if args.model else fixtures.TOY_REASONER
+    problems = read_problems(Path(args.prompts) if args.prompts else fixtures.TOY_TRAIN if bundled else fixtures.PROBLEMS)
+    num_prompts = args.num_prompts if args.num_prompts is not None else (DEFAULT_CALIBRATION_PROMPTS if bundled else None)
+    if num_prompts is not None:
+        if num_prompts < 1:
+            raise ValueError(f"--num-prompts must be a positive integer, got {num_prompts}")
+        problems = problems[:num_prompts]
+    held_out = _eval_problems(args, bundled)
     extra = {}
     if args.calibration == "offpolicy":
         if not args.traces:
@@ -107,9 +124,12 @@ def run(args) -> int:
     model = load_model(model_dir, dtype=dtype, trust_remote_code=args.trust_remote_code)
     tokenizer = load_tokenizer(model_dir)
     prune_args = dict(method=args.method, sparsity=sparsity, pattern=args.pattern, propagation=args.propagation,
-                      targets=targets, blocks=blocks, batch_size=args.batch_size, **options)
+                      targets=targets, blocks=blocks, **options)
+    if args.batch_size is not None:
+        prune_args["batch_size"] = args.batch_size
     check_compress_arguments(model, **prune_args)  # before Phase I: a typo costs seconds, not a calibration
     extra.update(phase1_extra)
+    before = _evaluate(model, tokenizer, held_out, args, "dense") if held_out else None
     started = time.perf_counter()
     calib = collect_calibration(
         model, tokenizer, [p["problem"] for p in problems], mode=args.calibration,
@@ -125,10 +145,52 @@ def run(args) -> int:
     report["phase_seconds"] = {"calibration": phase1, "compression": phase2}
     report["command"] = {"model": str(model_dir), "argv": sys.argv[1:], **{k: v for k, v in vars(args).items() if k != "func"}}
     print(summary_table(report))
+    if held_out:
+        after = _evaluate(model, tokenizer, held_out, args, "pruned")
+        report["evaluation"] = {"dense": before, "pruned": after}
+        print(evaluation_table(before, after))
     if out is not None:
         export_pruned(model, tokenizer, out, report=report, overwrite=args.overwrite)
         print(f"wrote {out} (safetensors, tokenizer, {out / 'report.json'})")
     return 0
+
+
+def _eval_problems(args, bundled: bool):
+    """The held-out problems of the before/after evaluation, or None."""
+    from rac import fixtures
+    from rac.reference.eval_data import load_problems
+
+    if args.no_eval or (args.eval_problems is None and not bundled):
+        return None
+    problems = load_problems(args.eval_problems or fixtures.TOY_TEST)
+    n = args.num_eval if args.num_eval is not None else (DEFAULT_EVAL_PROBLEMS if bundled else None)
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"--num-eval must be a positive integer, got {n}")
+        problems = problems[:n]
+    if args.eval_max_new_tokens < 1:
+        raise ValueError(f"--eval-max-new-tokens must be a positive integer, got {args.eval_max_new_tokens}")
+    return problems
+
+
+def _evaluate(model, tokenizer, problems, args, what: str) -> dict:
+    """acc@1 (SE), thinking tokens and the rest of ``rac eval``'s summary, greedy."""
+    from rac.reference.evaluate import evaluate
+
+    result = evaluate(model, tokenizer, problems, max_new_tokens=args.eval_max_new_tokens,
+                      progress=_bar(f"eval {what:<6}", "problems") if not args.quiet else None)
+    summary = result.summary()
+    summary.pop("settings", None)
+    return summary
+
+
+def evaluation_table(before: dict, after: dict) -> str:
+    """Accuracy and thinking length of the dense and the pruned model on the same held-out problems."""
+    rows = [f"{'held-out problems':<18} {'acc@1 (SE)':>15} {'answered':>9} {'thinking tokens':>16} {'hit limit':>10}"]
+    for name, s in (("dense", before), ("pruned", after)):
+        rows.append(f"{name:<18} {s['acc@1']:>8.3f} ({s['se']:.3f}) {s['answered']:>9.3f} "
+                    f"{s['thinking_tokens_mean']:>16.1f} {s['stopped_at_limit']:>10}")
+    return "\n".join([f"evaluation on {before['problems']} held-out problems (greedy):", *rows])
 
 
 def _implementation(args):
