@@ -4,6 +4,7 @@
     rac prune      Algorithm 1 on a Hugging Face model, export the pruned model (cli_prune.py)
     rac eval       acc@1 (SE) and thinking tokens of a model on math problems   (cli_eval.py)
     rac experiment the paper's calibration x method x sparsity grid, table, plot (cli_experiment.py)
+    rac diagnose   Figure 2: token-wise error ratio prompt-only / RAC, heatmap  (cli_diagnose.py)
 
 Every subcommand module has ``add_parser(subparsers)``, which adds its parser and
 sets ``func`` (args -> exit code). Heavy imports happen inside ``func``, so
@@ -25,6 +26,7 @@ COMMAND_MODULES = (
     "rac.reference.cli_prune",
     "rac.reference.cli_eval",
     "rac.reference.cli_experiment",
+    "rac.reference.cli_diagnose",
 )
 
 

@@ -214,14 +214,20 @@ def objective_summary(report: dict) -> dict:
     }
 
 
-def run_cell(dense, tokenizer, calib, cell: Cell, eval_problems, *, compress, compress_extra, max_new_tokens,
-             eval_batch_size) -> dict:
-    """Prune a fresh copy of ``dense`` for ``cell`` (``compress``), evaluate it, return its record."""
-    model = copy.deepcopy(dense)  # the dense model itself is never pruned: every cell starts from it
+def prune_copy(dense, calib, cell: Cell, *, compress, compress_extra) -> tuple:
+    """(pruned model, compression report, seconds): ``compress`` on a fresh copy of ``dense``, which itself
+    is never pruned, so every cell starts from the same dense weights."""
+    model = copy.deepcopy(dense)
     started = time.perf_counter()
     model, report = compress(model, calib, method=cell.method, sparsity=cell.sparsity, pattern=cell.pattern,
                              **compress_extra)
-    prune_s = time.perf_counter() - started
+    return model, report, time.perf_counter() - started
+
+
+def run_cell(dense, tokenizer, calib, cell: Cell, eval_problems, *, compress, compress_extra, max_new_tokens,
+             eval_batch_size) -> dict:
+    """Prune a fresh copy of ``dense`` for ``cell`` (``prune_copy``), evaluate it, return its record."""
+    model, report, prune_s = prune_copy(dense, calib, cell, compress=compress, compress_extra=compress_extra)
     record = {"calibration": cell.calibration, "method": cell.method, "pattern": cell.pattern,
               "sparsity": cell.sparsity, "nominal_sparsity": cell.nominal_sparsity, "setting": cell.setting,
               "prune_s": prune_s, "objective": objective_summary(report)}
