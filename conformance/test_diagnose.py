@@ -1,7 +1,8 @@
 """DIAG-*: ``rac diagnose``, the paper's Figure 2 (reference/diagnose.py).
 
 Run once per module through the command line on 3 held-out problems of the toy reasoner
-(SparseGPT 60 %, 1,024 calibration tokens each for prompt-only and RAC, pruned models saved).
+(SparseGPT 60 %, 1,024 calibration tokens each for prompt-only, RAC and, with --with-text, the
+generic corpus; pruned models saved).
 The test then rebuilds every number on its own: the dense model's greedy rollout with
 ``generate``, the last hidden state x_t^(L) as the base model's ``last_hidden_state`` (the
 final norm's output, which the LM head multiplies; diagnose reads it with a hook on the LM head
@@ -46,7 +47,7 @@ def _one_thread():
 def diag_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("diag")
     args = ["diagnose", "--num-problems", str(PROBLEMS), "--token-budget", str(BUDGET), "--threads", "1",
-            "--json", str(root / "fig.json"), "--save-models", str(root / "models")]
+            "--json", str(root / "fig.json"), "--save-models", str(root / "models"), "--with-text"]
     assert rac_main(args + (["--png", str(root / "fig.png")] if HAS_MPL else [])) == 0
     return root, json.loads((root / "fig.json").read_text())
 
@@ -62,7 +63,7 @@ def test_diag_1_ratios_equal_an_independent_teacher_forced_recomputation(diag_ru
     root, result = diag_run
     tok = AutoTokenizer.from_pretrained(str(TOY))
     dense = AutoModelForCausalLM.from_pretrained(str(TOY)).eval()
-    pruned = {m: AutoModelForCausalLM.from_pretrained(str(root / "models" / m)).eval() for m in ("prompt", "rac")}
+    pruned = {m: AutoModelForCausalLM.from_pretrained(str(root / "models" / m)).eval() for m in ("prompt", "rac", "text")}
     problems = [json.loads(line) for line in (TOY / "test.jsonl").read_text().splitlines()[:PROBLEMS]]
     assert [r["id"] for r in result["problems"]] == [p["id"] for p in problems]
     with _one_thread():
@@ -80,9 +81,10 @@ def test_diag_1_ratios_equal_an_independent_teacher_forced_recomputation(diag_ru
             # float32 ulps of |x| (~ 1e-6 |x|), so e_t moves by ~2e-6 |x|. Below we check e_t >= 1e-2 |x| at every
             # position, so the relative change of e_t, and of r_t, stays under ~4e-4.
             norm = torch.linalg.vector_norm(x_dense, dim=-1)
-            assert bool((torch.minimum(e["prompt"], e["rac"]) >= 1e-2 * norm).all())
+            assert all(bool((err >= 1e-2 * norm).all()) for err in e.values())
             assert row["e_prompt"] == pytest.approx(e["prompt"].tolist(), rel=1e-3)
             assert row["e_rac"] == pytest.approx(e["rac"].tolist(), rel=1e-3)
+            assert row["e_text"] == pytest.approx(e["text"].tolist(), rel=1e-3)
             assert row["ratio"] == pytest.approx((e["prompt"] / e["rac"]).tolist(), rel=1e-3)
 
 
@@ -105,17 +107,21 @@ def test_diag_2_boundary_is_the_prompt_length_and_the_heatmap_aligns_on_it(diag_
         assert int(torch.isfinite(M[i]).sum()) == len(row["ratio"])
     # the summary's split is at the boundary: recompute the decode part's geometric mean
     logs = [math.log(r) for row in rows for r in row["ratio"][row["boundary"]:]]
-    assert result["summary"]["decode_positions"]["geomean_ratio"] == pytest.approx(math.exp(sum(logs) / len(logs)),
-                                                                                   rel=1e-12)
+    decode = result["summary"]["decode_positions"]
+    assert decode["geomean_ratio"] == pytest.approx(math.exp(sum(logs) / len(logs)), rel=1e-12)
+    for name in ("prompt", "rac", "text"):
+        prompt_part = [e for row in rows for e in row[f"e_{name}"][:row["boundary"]]]
+        assert result["summary"]["prompt_positions"]["mean_e"][name] == pytest.approx(
+            sum(prompt_part) / len(prompt_part), rel=1e-12)
 
 
 @req("DIAG-3")
 def test_diag_3_same_budget_method_and_sparsity_for_both_models(diag_run):
     root, result = diag_run
     cal = result["calibration"]
-    assert cal["prompt"]["tokens"] == cal["rac"]["tokens"] == BUDGET
-    assert cal["prompt"]["decode"] == 0 and cal["rac"]["decode"] > 0
-    for mode in ("prompt", "rac"):
+    assert cal["prompt"]["tokens"] == cal["rac"]["tokens"] == cal["text"]["tokens"] == BUDGET
+    assert cal["prompt"]["decode"] == 0 and cal["rac"]["decode"] > 0 and cal["text"]["text"] == BUDGET
+    for mode in ("prompt", "rac", "text"):
         model = AutoModelForCausalLM.from_pretrained(str(root / "models" / mode))
         report = json.loads((root / "models" / mode / "report.json").read_text())
         assert report["method"] == "sparsegpt" and report["sparsity"] == 0.6

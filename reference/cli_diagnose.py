@@ -7,6 +7,7 @@ prompts only and once with RAC (prompt + the dense model's own traces), then, on
 problems, compares each pruned model's last hidden state with the dense model's along the dense
 model's greedy rollout: r_t = e_t(prompt) / e_t(RAC) per token, drawn as a heatmap (PNG) and
 written with every e_t as JSON (each file through a temporary name, then renamed).
+``--with-text`` adds a third model calibrated on the generic corpus and records its e_t too.
 With no --model: the bundled toy reasoner, its training problems (a fixed slice) for
 calibration and its test problems for the rollouts.
 """
@@ -29,6 +30,11 @@ def add_parser(sub) -> None:
     data.add_argument("--calibration-count", type=int, default=4000)
     data.add_argument("--eval-problems", default=None, help="held-out problems (default: the toy reasoner's test.jsonl)")
     data.add_argument("--num-problems", type=int, default=30, help="rows of the heatmap: the first N problems (default 30)")
+    data.add_argument("--with-text", action="store_true",
+                      help="also prune with the text calibration (--corpus) and record its e_t (the heatmap stays "
+                           "prompt-only / RAC)")
+    data.add_argument("--corpus", default=None, help="text corpus for --with-text (default: the fixtures corpus)")
+    data.add_argument("--window", type=int, default=128, help="text: tokens per corpus window (default 128)")
     pr = p.add_argument_group("pruning (the same for both calibrations)")
     pr.add_argument("--method", default="sparsegpt", help="magnitude, wanda, sparsegpt or alps (default sparsegpt)")
     pr.add_argument("--sparsity", type=float, default=None, help="unstructured sparsity (default 0.6 unless --pattern)")
@@ -45,7 +51,7 @@ def add_parser(sub) -> None:
     run.add_argument("--png", default=None, help="write the heatmap here")
     run.add_argument("--json", default=None, help="write the numbers here")
     run.add_argument("--save-models", default=None,
-                     help="also export both pruned models to DIR/prompt and DIR/rac (safetensors)")
+                     help="also export the pruned models to DIR/prompt, DIR/rac (and DIR/text) (safetensors)")
     run.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=run_command)
 
@@ -80,7 +86,7 @@ def run_command(args) -> int:
     from rac import fixtures
 
     from .cli_eval import write_json_atomic
-    from .data import read_problems
+    from .data import read_corpus, read_problems
     from .diagnose import dense_rollouts, plot_heatmap, reconstruction_errors
     from .eval_data import load_problems
     from ._validate import METHODS, check_choice, check_sparsity, parse_pattern
@@ -96,7 +102,9 @@ def run_command(args) -> int:
         raise ValueError(f"--sparsity must not be given with --pattern {args.pattern}: N:M fixes the sparsity")
     else:
         sparsity = None
-    cells = {mode: Cell(mode, args.method, args.pattern, sparsity) for mode in ("prompt", "rac")}
+    modes = ["prompt", "rac"] + (["text"] if args.with_text else [])
+    cells = {mode: Cell(mode, args.method, args.pattern, sparsity) for mode in modes}
+    corpus = read_corpus(args.corpus or fixtures.CORPUS) if args.with_text else ""
     toy = fixtures.ROOT / "toy-reasoner"
     model_dir = Path(args.model) if args.model else toy
     problems = load_problems(args.eval_problems or toy / "test.jsonl", limit=args.num_problems)
@@ -107,7 +115,7 @@ def run_command(args) -> int:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"--model {model_dir}: its tokenizer has no chat template; calibration prompts and "
                          "rollouts template every problem as a user turn with the generation prompt")
-    check_budget(tokenizer, ["prompt", "rac"], calib_problems, "", args.token_budget, 1)
+    check_budget(tokenizer, modes, calib_problems, corpus, args.token_budget, args.window)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dense.to(device)
     from .compress import check_compress_arguments
@@ -118,9 +126,9 @@ def run_command(args) -> int:
         torch.set_num_threads(args.threads)
     try:
         collect, compress, collect_extra, compress_extra = implementation(args.impl, device)
-        sets = make_calibrations(dense, tokenizer, calib_problems, "", ["prompt", "rac"], collect=collect,
+        sets = make_calibrations(dense, tokenizer, calib_problems, corpus, modes, collect=collect,
                                  collect_extra=collect_extra, token_budget=args.token_budget,
-                                 trace_max_new_tokens=args.trace_max_new_tokens, window=128, seed=args.seed,
+                                 trace_max_new_tokens=args.trace_max_new_tokens, window=args.window, seed=args.seed,
                                  temperature=args.temperature)
         pruned, reports = {}, {}
         for mode, cell in cells.items():
@@ -140,17 +148,18 @@ def run_command(args) -> int:
         "calibration_problems": str(args.calibration_problems or toy / "train.jsonl"),
         "calibration_start": args.calibration_start, "calibration_count": args.calibration_count,
         "eval_problems": str(args.eval_problems or toy / "test.jsonl"), "num_problems": len(problems),
+        "calibrations": modes, "corpus": str(args.corpus or fixtures.CORPUS) if args.with_text else None,
         "tensor": "x_t^(L) = input of the LM head (last block output after the final norm); *_last_block: before it",
         "ratio": "r_t = e_t(prompt) / e_t(rac), e_t = ||x_dense,t - x_pruned,t||_2; boundary = prompt length T_in",
     }
-    result["environment"] = environment()
+    result["environment"] = {**environment(), "torch_threads": args.threads or threads}  # the count the run used
     result["calibration"] = {mode: {**calib.summary(), "seconds": s} for mode, (calib, s) in sets.items()}
     result["objective"] = {mode: objective_summary(reports[mode]) for mode in reports}
     summary = result["summary"]
     for part in ("prompt_positions", "decode_positions"):
         p = summary[part]
         print(f"{part:<17} geomean r {p['geomean_ratio']:.3f}, RAC lower error at {100 * p['fraction_rac_better']:.1f}% "
-              f"of {p['positions']} positions (mean e: prompt-only {p['mean_e_prompt']:.4f}, RAC {p['mean_e_rac']:.4f})")
+              f"of {p['positions']} positions; mean e: " + ", ".join(f"{k} {v:.4f}" for k, v in p["mean_e"].items()))
     if args.save_models:
         root = Path(args.save_models)
         for mode, model in pruned.items():

@@ -101,7 +101,8 @@ def _ratio(num: float, den: float):
 def reconstruction_errors(dense, pruned: dict, rollouts: list) -> dict:
     """e_t per pruned model and r_t = e_t(prompt) / e_t(rac) along every rollout (module docstring).
 
-    pruned: {"prompt": model, "rac": model}. Returns {"problems": [...], "summary": {...}}; per problem
+    pruned: {"prompt": model, "rac": model, ...}: e_t is recorded for every model given (e.g. also "text"), r_t for
+    prompt / rac. Returns {"problems": [...], "summary": {...}}; per problem
     "boundary" = T_in (the prompt length), "tokens" (the positions' ids), e_* and r per position for
     the LM-head input and, suffixed ``_last_block``, for the last block's output.
     """
@@ -136,30 +137,27 @@ def reconstruction_errors(dense, pruned: dict, rollouts: list) -> dict:
 
 def summarize(rows: list) -> dict:
     """Per part (prompt positions, decode positions): the geometric mean of r_t, the fraction of positions
-    with r_t > 1 (RAC closer to the dense model), the mean e_t of each calibration; the same per problem."""
+    with r_t > 1 (RAC closer to the dense model) and the mean e_t of every pruned model (``mean_e``, by
+    calibration); ``rows_decode_geomean_ratio``: the geometric mean of r_t over each row's decode positions."""
+    names = sorted(k[2:] for k in rows[0] if k.startswith("e_") and not k.endswith("_last_block")) if rows else []
 
-    def part(values_r, e_num, e_den) -> dict:
-        rs = [r for r in values_r if r is not None]
+    def part(sl, suffix) -> dict:
+        rs = [v for r in rows for v in r[f"ratio{suffix}"][sl(r)] if v is not None]
         if not rs:
             return {"positions": 0}
-        return {"positions": len(rs), "geomean_ratio": math.exp(statistics.fmean(math.log(r) for r in rs)),
-                "fraction_rac_better": sum(r > 1 for r in rs) / len(rs),
-                f"mean_e_{NUMERATOR}": statistics.fmean(e_num), f"mean_e_{DENOMINATOR}": statistics.fmean(e_den)}
+        return {"positions": len(rs), "geomean_ratio": _geomean(rs), "fraction_rac_better": sum(v > 1 for v in rs) / len(rs),
+                "mean_e": {n: statistics.fmean(v for r in rows for v in r[f"e_{n}{suffix}"][sl(r)]) for n in names}}
 
     out = {}
     for suffix in ("", "_last_block"):
-        for name, sl in (("prompt_positions", lambda r: slice(0, r["boundary"])),
-                         ("decode_positions", lambda r: slice(r["boundary"], None))):
-            rs, en, ed = [], [], []
-            for r in rows:
-                rs += r[f"ratio{suffix}"][sl(r)]
-                en += r[f"e_{NUMERATOR}{suffix}"][sl(r)]
-                ed += r[f"e_{DENOMINATOR}{suffix}"][sl(r)]
-            out[f"{name}{suffix}"] = part(rs, en, ed)
-    out["rows_decode_geomean_ratio"] = [
-        part(r["ratio"][r["boundary"]:], r[f"e_{NUMERATOR}"][r["boundary"]:],
-             r[f"e_{DENOMINATOR}"][r["boundary"]:]).get("geomean_ratio") for r in rows]
+        out[f"prompt_positions{suffix}"] = part(lambda r: slice(0, r["boundary"]), suffix)
+        out[f"decode_positions{suffix}"] = part(lambda r: slice(r["boundary"], None), suffix)
+    out["rows_decode_geomean_ratio"] = [_geomean([v for v in r["ratio"][r["boundary"]:] if v is not None]) for r in rows]
     return out
+
+
+def _geomean(values: list):
+    return math.exp(statistics.fmean(math.log(v) for v in values)) if values else None
 
 
 # --------------------------------------------------------------------------- the heatmap
