@@ -48,6 +48,7 @@ import torch
 
 from rac.reference._hf import decoder_blocks, text_config
 from rac.reference.calibration_set import LABELS
+from rac.reference.compress import HessianAccumulator as ReferenceHessians
 from rac.reference.compress import (
     _calibration_summary,
     _check_calibration,
@@ -257,48 +258,31 @@ def onloaded(modules, device):
 # --------------------------------------------------------------------------- Hessians of one block
 
 
-class BlockHessians:
+class BlockHessians(ReferenceHessians):
     """Float32 H per (input group, token source) of one block's target linears, streamed.
 
-    Linears receiving the very same input tensor (q/k/v; gate/up) are grouped on the first
-    chunk (as in the reference); the inputs of a chunk are held until the next chunk so
-    their memory cannot be reused by another input and fool the identity test.
+    The grouping of linears that receive the very same input tensor (q/k/v; gate/up) is the
+    reference's (``rac.reference.compress.HessianAccumulator``, inherited); what changes is the
+    accumulation: a float32 ``HessianAccumulator`` per group and source on the device, fed the
+    chunk's rows of that source, instead of float64 sums on the CPU.
     """
 
     def __init__(self, block_index: int, linears: dict, device):
-        self.block_index = block_index
-        self.linears = linears
+        super().__init__(block_index, linears)
         self.device = device
-        self.group_of: dict = {}
         self.acc: dict = {}  # (leader, label code) -> HessianAccumulator
-        self.tokens: dict = {}
-        self._labels = None
-        self._seen: list = []
 
-    def set_chunk(self, chunk: Chunk) -> None:
-        self._labels = chunk.labels.to(self.device)
-        self._seen = []
-        for code in range(len(LABELS)):
-            self.tokens[code] = self.tokens.get(code, 0) + int((chunk.labels == code).sum())
+    def set_batch(self, chunk: Chunk) -> None:
+        super().set_batch(chunk)
+        self._labels = self._labels.to(self.device)
 
-    def hook(self, name):
-        def fn(module, args):
-            x = args[0]
-            if name not in self.group_of:
-                same = [leader for seen, leader in self._seen if seen is x]
-                self.group_of[name] = same[0] if same else name
-            leader = self.group_of[name]
-            if leader == name:
-                self._seen.append((x, name))
-                for code in torch.unique(self._labels).tolist():
-                    if code < 0:
-                        continue
-                    key = (name, code)
-                    if key not in self.acc:
-                        self.acc[key] = HessianAccumulator(x.shape[-1], device=self.device)
-                    self.acc[key].add(x[self._labels == code])
-
-        return fn
+    def accumulate(self, leader: str, x: torch.Tensor) -> None:
+        for code in torch.unique(self._labels).tolist():
+            if code < 0:  # padding
+                continue
+            if (leader, code) not in self.acc:
+                self.acc[leader, code] = HessianAccumulator(x.shape[-1], device=self.device)
+            self.acc[leader, code].add(x[self._labels == code])
 
     def by_source(self, leader: str) -> dict:
         """{label: float32 H} of a group; ValueError naming block and module if any is not finite."""
@@ -553,7 +537,7 @@ def _prune_block(block, index, linears, chunks, store, kwargs, device, propagati
     handles = [m.register_forward_pre_hook(hess.hook(n)) for n, m in linears.items()]
     try:
         for i, chunk in enumerate(chunks):
-            hess.set_chunk(chunk)
+            hess.set_batch(chunk)
             out = run_block(block, store[i].to(device, non_blocking=True), kwargs[i])
             if propagation == "dense" and index < last:
                 store[i].copy_(out)
