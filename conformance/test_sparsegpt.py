@@ -133,3 +133,33 @@ def test_sgpt_8_reference_recovery_and_raise_modes():
     indefinite = torch.tensor([[1.0, 3.0], [3.0, 1.0]], dtype=torch.float64)
     with pytest.raises(CholeskyError):
         prune_layer(torch.ones(2, 2, dtype=torch.float64), indefinite, method="sparsegpt", sparsity=0.5)
+
+
+@req("SGPT-6")
+@pytest.mark.parametrize("pattern, blocksize, cut", [("unstructured", 8, 16), ("unstructured", 5, 10), ("2:4", 8, 12), ("3:4", 128, 8)])
+@pytest.mark.parametrize("kind", ["gaussian", "outliers"])
+def test_sgpt_6_fixed_columns_do_not_depend_on_later_columns(port, pattern, blocksize, cut, kind):
+    """SGPT-6: errors flow only to columns not yet fixed, so columns before a group boundary are final
+    once their group is done: they cannot depend on W's later columns.
+
+    The boundary ``cut`` ends a comparison group (a multiple of the blocksize for unstructured masks,
+    of M for N:M). W's columns from ``cut`` on are redrawn; columns [0, cut) of the result must keep
+    their mask and, up to rounding, their weights. A port that revisits fixed columns (a final refit
+    of every kept weight, a backward update, a mask chosen from the whole row) fails.
+    """
+    is_nm = pattern != "unstructured"
+    needs(port, "sparsegpt", "nm" if is_nm else "unstructured", options=("blocksize",))
+    layer = make_layer(kind, 6, 24, 40, seed=11)
+    other = layer.W.clone()
+    other[:, cut:] = torch.randn(other[:, cut:].shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    sparsity = None if is_nm else 0.5
+    a_w, a_m, _ = port.prune(layer.W, layer.H, method="sparsegpt", sparsity=sparsity, pattern=pattern, blocksize=blocksize)
+    b_w, b_m, _ = port.prune(other, layer.H, method="sparsegpt", sparsity=sparsity, pattern=pattern, blocksize=blocksize)
+    assert not torch.equal(a_m[:, cut:], b_m[:, cut:]) or not torch.equal(a_w[:, cut:], b_w[:, cut:])  # the redraw mattered
+    assert torch.equal(a_m[:, :cut], b_m[:, :cut]), f"SGPT-6: the mask of columns < {cut} depends on W's later columns"
+    # The first `cut` columns see the same arithmetic in both calls; a port that batches the later
+    # columns' updates in one GEMM may round them differently, which sweep_rtol bounds.
+    rtol = sweep_rtol(port.eps, layer.W.shape[1], 0.01)
+    diff = float((a_w[:, :cut] - b_w[:, :cut]).abs().max()) / max(1.0, float(a_w.abs().max()))
+    measure("SGPT-6", diff, rtol, "max |weights[:, :cut] with W[:, cut:] redrawn - weights[:, :cut]| / max(1, |W_hat|)")
+    assert diff <= rtol, f"SGPT-6: weights of columns < {cut} changed by {diff:.3g} when only W's later columns changed"
