@@ -10,9 +10,9 @@ and wall time; ``--out`` also writes them, the settings and every generation as 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from ._atomic import atomic_file
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -37,16 +37,8 @@ def format_summary(s: dict) -> str:
 def write_json_atomic(path: Path, obj) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder, so an
     interrupted run never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
 
 
 def run(args) -> int:

@@ -13,10 +13,9 @@ write never leaves a directory that looks complete. matplotlib is used through i
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
+
+from ._atomic import atomic_directory, atomic_file
 
 #: One colour and marker per calibration, the same in every panel.
 STYLE = {"text": ("tab:green", "s"), "prompt": ("tab:orange", "^"), "rac": ("tab:blue", "o")}
@@ -142,41 +141,16 @@ def plot_results(results: dict, path) -> Path:
 
 def save_figure_atomic(fig, path) -> Path:
     """``fig`` as PNG at ``path`` through a temporary file in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def write_outputs(results: dict, out_dir, *, overwrite: bool = False, plot: bool = True) -> Path:
     """results.json, results.md (and results.png) in ``out_dir``, all or nothing (temporary directory + rename)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"out: {out_dir} already exists; choose another path or pass --overwrite")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"out: {out_dir} exists and is not a directory; it will not be replaced")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         (tmp / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
         (tmp / "results.md").write_text(markdown_tables(results))
         if plot:
             plot_results(results, tmp / "results.png")
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)

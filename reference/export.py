@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import uuid
 from pathlib import Path
 
+from ._atomic import atomic_directory
 from ._hf import decoder_blocks
 
 REPORT_NAME = "report.json"
@@ -75,31 +73,13 @@ def export_pruned(model, tokenizer, out, *, report=None, overwrite: bool = False
     it was. ``out`` existing is a FileExistsError unless ``overwrite``; then the old directory is
     replaced only once the new one is complete.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"out: {out} already exists; choose another path or pass overwrite=True (--overwrite)")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"out: {out} exists and is not a directory; it will not be replaced")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
+    with atomic_directory(out, overwrite=overwrite, hint="pass overwrite=True (--overwrite)") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if report is not None:
             (tmp / REPORT_NAME).write_text(json.dumps(_jsonable(report), indent=2) + "\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def _jsonable(obj):
