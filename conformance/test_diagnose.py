@@ -14,14 +14,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rac.conformance._helpers import req
+from rac.conformance._helpers import one_thread, req
 from rac.reference.calibration import template_prompt
 from rac.reference.cli import main as rac_main
 from rac.reference.diagnose import aligned_matrix
@@ -31,16 +30,6 @@ TOY = FIXTURES / "toy-reasoner"
 PROBLEMS = 3
 BUDGET = 1024
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
-
-
-@contextmanager
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +55,7 @@ def test_diag_1_ratios_equal_an_independent_teacher_forced_recomputation(diag_ru
     pruned = {m: AutoModelForCausalLM.from_pretrained(str(root / "models" / m)).eval() for m in ("prompt", "rac", "text")}
     problems = [json.loads(line) for line in (TOY / "test.jsonl").read_text().splitlines()[:PROBLEMS]]
     assert [r["id"] for r in result["problems"]] == [p["id"] for p in problems]
-    with _one_thread():
+    with one_thread():
         for row, problem in zip(result["problems"], problems):
             prompt = template_prompt(tok, problem["problem"])
             with torch.no_grad():

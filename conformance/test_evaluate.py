@@ -13,14 +13,12 @@ import json
 import math
 import sys
 import types
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rac.conformance._helpers import req
+from rac.conformance._helpers import one_thread, req
 from rac.reference import answers
 from rac.reference.answers import answers_match, extract_boxed, normalize_answer, split_reply
 from rac.reference.cli import main as rac_main
@@ -30,18 +28,6 @@ from rac.reference.evaluate import Generation, accuracy_and_se, evaluate, grade,
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOY = FIXTURES / "toy-reasoner"
 RANDOM_MODEL = FIXTURES / "models" / "qwen3"
-
-
-@contextmanager
-def _one_thread():
-    """Decoding a tiny model is latency-bound: one thread is as fast as two on an idle machine and
-    several times faster on a busy one (measured: 1.3 s against 11.8 s for six toy problems)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +173,7 @@ def test_eval_7_toy_reasoner_end_to_end(toy, toy_problems):
     """Greedy evaluation of the toy reasoner: every reply closes </think>, boxes an answer, and the
     record's counts match the tokens; batching (left padding) does not change greedy replies."""
     model, tok = toy
-    with _one_thread():
+    with one_thread():
         r1 = evaluate(model, tok, toy_problems, max_new_tokens=300, batch_size=6)
         r2 = evaluate(model, tok, toy_problems, max_new_tokens=300, batch_size=4)
     assert [g.text for g in r1.generations] == [g.text for g in r2.generations]
@@ -214,7 +200,7 @@ def test_eval_8_sampling_is_seeded(random_model, toy, toy_problems):
     probs = load_problems(FIXTURES / "data" / "problems.jsonl", limit=3)
     run = lambda seed: evaluate(model, tok, probs, max_new_tokens=16, samples=2,  # noqa: E731
                                 temperature=1.0, top_p=0.95, seed=seed, batch_size=4)
-    with _one_thread():
+    with one_thread():
         a, b, c = run(0), run(0), run(1)
         greedy = evaluate(model, tok, probs, max_new_tokens=16)
     texts = lambda r: [g.text for g in r.generations]  # noqa: E731
@@ -248,7 +234,7 @@ def test_eval_9_random_model_never_answers(random_model):
     """A random model never closes </think>: every reply is wrong and reported as such."""
     model, tok = random_model
     probs = load_problems(FIXTURES / "data" / "problems.jsonl", limit=4)
-    with _one_thread():
+    with one_thread():
         s = evaluate(model, tok, probs, max_new_tokens=12).summary()
     assert s["acc@1"] == 0 and s["answered"] == 0 and s["counts"]["no_think_close"] == 4
     assert s["thinking_tokens_mean"] == 12

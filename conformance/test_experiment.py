@@ -15,14 +15,13 @@ import json
 import math
 import re
 import statistics
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rac.conformance._helpers import req
+from rac.conformance._helpers import one_thread, req
 from rac.reference.cli import main as rac_main
 from rac.reference.experiment import Cell, prune_copy
 
@@ -36,17 +35,6 @@ HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 REDUCED = ["experiment", "--methods", "sparsegpt", "--sparsities", str(SPARSITY), "--patterns", "none",
            "--token-budget", str(BUDGET), "--num-eval", str(NUM_EVAL), "--max-new-tokens", str(MAX_NEW),
            "--threads", "1", "--quiet"]
-
-
-@contextmanager
-def _one_thread():
-    """Decoding a tiny model is latency-bound: one thread is fastest on the shared CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +141,7 @@ def test_xp_5_every_cell_prunes_a_fresh_copy_of_the_dense_model():
     tok = AutoTokenizer.from_pretrained(str(TOY))
     before = copy.deepcopy(model.state_dict())
     problems = [json.loads(line)["problem"] for line in (TOY / "train.jsonl").read_text().splitlines()[:40]]
-    with _one_thread():
+    with one_thread():
         calib = collect_calibration(model, tok, problems, mode="prompt", token_budget=256)
         pruned, report, seconds = prune_copy(model, calib, Cell("prompt", "wanda", "unstructured", 0.5),
                                              compress=compress, compress_extra={"device": "cpu"})
