@@ -16,6 +16,8 @@ Kinds (combinable in "mixed"):
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
@@ -84,3 +86,17 @@ nm_patterns = st.sampled_from(["2:4", "1:4", "3:4", "4:8", "1:2", "2:8"])
 
 def nm_m(pattern: str) -> int:
     return int(pattern.split(":")[1])
+
+
+@functools.lru_cache(maxsize=None)
+def llm_like_layer(size: int):
+    """The benchmarks' layer: W (size x size), 0.02 N(0, 1) rounded through bf16 as a checkpoint's
+    weights are, and H = X X^T from 2 * size tokens of N(0, 1) with size/64 features 20x larger
+    (outliers, as LLM activations have); float64, seed = size, built once per size. The layer and
+    llm-compressor benchmarks share it so their figures compare."""
+    g = torch.Generator().manual_seed(size)
+    W = (0.02 * torch.randn(size, size, generator=g)).to(torch.bfloat16).to(torch.float64)
+    X = torch.randn(size, 2 * size, generator=g)
+    X[torch.randperm(size, generator=g)[: size // 64]] *= 20.0
+    X = X.to(torch.float64)
+    return W, X @ X.T

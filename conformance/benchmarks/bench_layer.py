@@ -34,6 +34,7 @@ import torch
 
 import rac.fast
 import rac.reference
+from rac.conformance.strategies import llm_like_layer
 
 QUICK = os.environ.get("RAC_BENCH_QUICK") == "1"
 SIZES = (64,) if QUICK else tuple(int(s) for s in os.environ.get("RAC_BENCH_SIZES", "1024,4096").split(","))
@@ -47,7 +48,6 @@ SETTINGS = {"unstructured": dict(sparsity=0.5), "2:4": dict(pattern="2:4")}
 #: projection every iteration): run only with RAC_BENCH_ALL=1 (docs/benchmarks.md says when it was).
 REFERENCE_TOO_SLOW = set() if os.environ.get("RAC_BENCH_ALL") == "1" else {("alps", 4096)}
 
-_LAYERS: dict = {}
 _RATES: dict = {}
 
 
@@ -56,17 +56,7 @@ def sync():
         torch.cuda.synchronize()
 
 
-def layer(size: int):
-    """W (size x size) and H = X X^T from 2 * size tokens with size/64 features 20x larger; W rounded through
-    bf16 as a checkpoint's weights are. Same recipe and seed as bench_llmcompressor.py, so figures compare."""
-    if size not in _LAYERS:
-        g = torch.Generator().manual_seed(size)
-        W = (0.02 * torch.randn(size, size, generator=g)).to(torch.bfloat16).to(torch.float64)
-        X = torch.randn(size, 2 * size, generator=g)
-        X[torch.randperm(size, generator=g)[: size // 64]] *= 20.0
-        X = X.to(torch.float64)
-        _LAYERS[size] = (W, X @ X.T)
-    return _LAYERS[size]
+layer = llm_like_layer  # the shared recipe (rac.conformance.strategies)
 
 
 def best_time(fn, repeats: int = 3) -> float:

@@ -28,6 +28,7 @@ import torch
 pytest.importorskip("llmcompressor", reason="llm-compressor is installed only in `nox -s bench_llmcompressor`")
 
 from rac.conformance import ports_llmcompressor  # noqa: E402
+from rac.conformance.strategies import llm_like_layer  # noqa: E402
 
 SIZES = (1024, 4096)
 SETTINGS = {"unstructured": dict(sparsity=0.5), "2:4": dict(pattern="2:4")}
@@ -48,20 +49,7 @@ IMPLEMENTATIONS = {
     "reference": lambda: _ours("reference"),
 }
 
-_LAYERS: dict = {}
-
-
-def layer(size: int):
-    """W (size x size) and H from 2 * size tokens with a few 20x outlier features (as LLM activations have),
-    built once per size with a fixed seed; bf16-rounded W, as a checkpoint's weights are."""
-    if size not in _LAYERS:
-        g = torch.Generator().manual_seed(size)
-        W = (0.02 * torch.randn(size, size, generator=g)).to(torch.bfloat16).to(torch.float64)
-        X = torch.randn(size, 2 * size, generator=g)
-        X[torch.randperm(size, generator=g)[: size // 64]] *= 20.0
-        X = X.to(torch.float64)
-        _LAYERS[size] = (W, X @ X.T)
-    return _LAYERS[size]
+layer = llm_like_layer  # the shared recipe (rac.conformance.strategies)
 
 
 def objective(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
