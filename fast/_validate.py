@@ -34,9 +34,11 @@ def checked_hessian(H, W: torch.Tensor) -> torch.Tensor:
         return as_real_tensor(x, name).to(W.device)
 
     H = check_hessian(H, W.shape[1], convert=to_w_device)
-    H = H if H.dtype == torch.float64 else H.to(COMPUTE_DTYPE)
-    if float(H.abs().max()) > torch.finfo(COMPUTE_DTYPE).max:
+    if H.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return H.to(COMPUTE_DTYPE)  # finite (checked), so within float32's range: no second pass
+    if float(H.abs().max()) > torch.finfo(COMPUTE_DTYPE).max:  # float64 or integer entries beyond 3.4e38
         raise ValueError("H must be finite in float32 (rac.fast computes in float32); it has entries beyond 3.4e38")
+    H = H if H.dtype == torch.float64 else H.to(COMPUTE_DTYPE)
     return H
 
 

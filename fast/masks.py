@@ -10,8 +10,13 @@ docs/benchmarks.md): 4096 x 4096 scores, k = 2048 per row: selection 0.52 s,
 sort 1.15 s; one layer-wide group: 0.50 s vs 2.57 s. Nothing here syncs a GPU
 with the host.
 
-N:M groups are tiny (M inputs); there a stable sort of each group is as fast
-as anything else, so the reference's ``nm_mask`` (device-agnostic) is reused.
+N:M groups are tiny (M inputs). For M <= 4 each weight's rank in its group is
+counted by M^2 comparisons (``sweep.keep_highest``, the rule SparseGPT's N:M
+selection uses, FAST-9) instead of the reference's stable sort of every group;
+for larger M the comparisons cost as much as the sort, which is kept. Measured on
+the Wanda scores of a 4096 x 4096 layer (1 thread of this 2-core EPYC, loaded,
+2026-11-24, best of 3): 2:4 0.31 s against 0.54 s, 1:4 0.30 / 0.57, 3:4 0.33 /
+0.60, 4:8 0.67 / 0.59.
 """
 
 from __future__ import annotations
@@ -19,7 +24,12 @@ from __future__ import annotations
 import torch
 
 from rac.reference._validate import Pattern, pruned_count
-from rac.reference.masks import nm_mask
+from rac.reference.masks import nm_mask as _nm_mask_by_sort
+
+from .sweep import keep_highest
+
+#: Up to this M, N:M masks are ranked by comparisons; above it by the reference's stable sort.
+COMPARE_MAX_M = 4
 
 
 def prune_lowest_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -58,3 +68,12 @@ def select_mask(scores: torch.Tensor, pattern: Pattern, sparsity: float, group: 
     if pattern.kind == "nm":
         return nm_mask(scores, pattern)
     return unstructured_mask(scores, sparsity, group)
+
+
+def nm_mask(scores: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    """Keep the N highest of every M consecutive inputs of each row (NM-1; ties: TIE-1)."""
+    if pattern.m > COMPARE_MAX_M:
+        return _nm_mask_by_sort(scores, pattern)
+    out_features, in_features = scores.shape
+    groups = scores.reshape(-1, pattern.m).T  # (M, out * in / M): one column per group
+    return keep_highest(groups, pattern.n).T.reshape(out_features, in_features)
