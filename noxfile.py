@@ -42,9 +42,9 @@ def conformance(session):
 
 @nox.session
 def bench(session):
-    """Layer benchmarks, rac.fast vs rac.reference with lower bounds (docs/benchmarks.md); not a default session.
+    """Layer and model benchmarks, rac.fast vs rac.reference with lower bounds (docs/benchmarks.md); not a default session.
 
-    Saves docs/bench/layer-<device>-<UTC time>.json; summarise with
+    Saves docs/bench/layer-<device>-<UTC time>.json and model-<device>-<UTC time>.json; summarise with
     `python conformance/benchmarks/summarise.py <json>`. Options go to pytest, e.g.
     `nox -s bench -- -k "1024"`; environment: RAC_BENCH_SIZES, RAC_BENCH_THREADS, RAC_BENCH_DEVICE.
     """
@@ -54,9 +54,10 @@ def bench(session):
     probe = "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"
     device = session.run("python", "-c", probe, silent=True).strip().splitlines()[-1]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%MZ")
-    session.run("pytest", "conformance/benchmarks/bench_layer.py", "--benchmark-only", "-p", "no:cacheprovider",
-                "--report-dir=", "--test-timeout=0", f"--benchmark-json=docs/bench/layer-{device}-{stamp}.json",
-                *session.posargs)
+    for kind in ("layer", "model"):
+        session.run("pytest", f"conformance/benchmarks/bench_{kind}.py", "--benchmark-only", "-p", "no:cacheprovider",
+                    "--report-dir=", "--test-timeout=0", f"--benchmark-json=docs/bench/{kind}-{device}-{stamp}.json",
+                    *session.posargs)
 
 
 @nox.session
