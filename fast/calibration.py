@@ -34,7 +34,7 @@ import warnings
 import torch
 
 from rac.reference import calibration as ref
-from rac.reference._hf import context_length, decoder_blocks, text_config
+from rac.reference._hf import context_length, decoder_blocks, eval_mode, text_config
 from rac.reference.calibration_set import CalibrationSet
 from rac.reference.sampling import sample_tokens
 
@@ -77,11 +77,7 @@ def collect_calibration(
         meta["trace_source"] = "trace_model"
 
     rows, total = [], 0
-    models = [m for m in (model, trace_model) if m is not None]
-    was_training = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
+    with eval_mode(model, trace_model):
         with torch.no_grad():
             for start in range(0, len(prompt_ids), bs):
                 if token_budget is not None and total >= token_budget:
@@ -100,9 +96,6 @@ def collect_calibration(
                     total += ids.numel()
                 if progress is not None:
                     progress(streams[-1] + 1, len(prompt_ids), f"{total} tokens")
-    finally:
-        for m, flag in zip(models, was_training):
-            m.train(flag)
     if token_budget is not None and total < token_budget:
         warnings.warn(
             f"collect_calibration: the data ran out at {total} tokens, short of token_budget={token_budget}",

@@ -13,6 +13,7 @@ the installed version has, so the same code runs on 4.45 through 5.x.
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -77,3 +78,19 @@ def forward_with_cache(model, ids: torch.Tensor, cache=None, attention_mask=None
     if new_cache is None:
         new_cache = getattr(out, "past_key_values", None)
     return out.logits, new_cache
+
+
+@contextmanager
+def eval_mode(*models):
+    """Put ``models`` (None entries skipped) in eval mode for the block and give each back the
+    training flag it had, whatever happens inside (dropout off while calibrating or evaluating,
+    and the caller's model left as it was)."""
+    models = [m for m in models if m is not None]
+    flags = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, flag in zip(models, flags):
+            m.train(flag)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._hf import context_length, decoder_blocks, forward_with_cache
+from ._hf import context_length, decoder_blocks, eval_mode, forward_with_cache
 from .calibration_set import LABELS, CalibrationSet
 from .sampling import sample_next_token
 
@@ -363,16 +363,9 @@ def collect_calibration(
     job = _Job(model, tokenizer, opts, seed, eos_token_ids(model, tokenizer),
                token_budget, capture, context_length(model), progress)
     meta = dict(mode=mode, seed=seed, **opts, token_budget=token_budget)
-    models = [m for m in (model, trace_model) if m is not None]
-    was_training = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
+    with eval_mode(model, trace_model):
         with torch.no_grad():
             rows = _collect(job, mode, prompts, corpus, traces, trace_model, window, meta)
-    finally:
-        for m, flag in zip(models, was_training):
-            m.train(flag)
     total = sum(r.ids.numel() for r in rows)
     if token_budget is not None and total < token_budget:
         warnings.warn(

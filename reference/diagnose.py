@@ -36,7 +36,7 @@ import statistics
 
 import torch
 
-from ._hf import decoder_blocks
+from ._hf import decoder_blocks, eval_mode
 from .calibration import eos_token_ids
 from .evaluate import build_prompts, generate_batch
 
@@ -51,9 +51,7 @@ def dense_rollouts(model, tokenizer, problems: list, *, max_new_tokens: int, bat
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = eos_token_ids(model, tokenizer)
     out = []
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for first in range(0, len(prompts), batch_size):
             batch = prompts[first:first + batch_size]
             rows = generate_batch(model, batch, max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, seed=0,
@@ -61,8 +59,6 @@ def dense_rollouts(model, tokenizer, problems: list, *, max_new_tokens: int, bat
             for i, (prompt, (tokens, stopped)) in enumerate(zip(batch, rows), start=first):
                 out.append({"id": str(problems[i].get("id", i)), "prompt_ids": prompt.tolist(),
                             "generated_ids": list(tokens), "stopped": stopped})
-    finally:
-        model.train(was_training)
     return out
 
 

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ._hf import eval_mode
 from .answers import THINK_CLOSE, THINK_OPEN, answers_match, extract_boxed, math_verify_available, split_reply
 from .calibration import eos_token_ids, render_prompt, template_prompt
 
@@ -260,10 +261,8 @@ def evaluate(model, tokenizer, problems: list, *, max_new_tokens: int = 2048, sa
     ids = [str(p.get("id", i)) for i, p in enumerate(problems)]
     jobs = [(i, k) for i in range(len(problems)) for k in range(samples)]
     close_id = _think_close_id(tokenizer)
-    was_training = model.training
-    model.eval()
     generations, gen_time = [], 0.0
-    try:
+    with eval_mode(model):
         for b, first in enumerate(range(0, len(jobs), batch_size)):
             batch = jobs[first:first + batch_size]
             t0 = time.perf_counter()
@@ -275,8 +274,6 @@ def evaluate(model, tokenizer, problems: list, *, max_new_tokens: int = 2048, sa
                                          use_math_verify, close_id))
             if progress is not None:
                 progress(min(first + batch_size, len(jobs)), len(jobs))
-    finally:
-        model.train(was_training)
     settings = {"max_new_tokens": max_new_tokens, "samples": samples, "temperature": temperature, "top_p": top_p,
                 "seed": seed, "batch_size": batch_size, "chat_template": chat_template, "instruction": instruction,
                 "math_verify": bool(use_math_verify is not False and math_verify_available())}
