@@ -149,6 +149,18 @@ def port(request) -> Port:
     return run.port
 
 
+@pytest.fixture(scope="module")
+def toy():
+    """(model, tokenizer) of the bundled toy reasoner (fixtures/toy-reasoner), in eval mode; one copy
+    per test module, so a module that changes it cannot affect another."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    toy_dir = Path(__file__).resolve().parents[1] / "fixtures" / "toy-reasoner"
+    model = AutoModelForCausalLM.from_pretrained(str(toy_dir))
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(str(toy_dir))
+
+
 @pytest.fixture(scope="session")
 def measure():
     """``measure(req_id, value, tolerance, what="")``: record a numeric result for the report."""

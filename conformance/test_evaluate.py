@@ -31,13 +31,6 @@ RANDOM_MODEL = FIXTURES / "models" / "qwen3"
 
 
 @pytest.fixture(scope="module")
-def toy():
-    model = AutoModelForCausalLM.from_pretrained(str(TOY))
-    model.eval()
-    return model, AutoTokenizer.from_pretrained(str(TOY))
-
-
-@pytest.fixture(scope="module")
 def toy_problems():
     return load_problems(TOY / "test.jsonl", limit=6)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from rac.conformance._helpers import req
 from rac.reference.eval_data import load_problems
@@ -42,13 +42,6 @@ def _read(path):
 def _operands(problem: str) -> tuple:
     a, b = (int(x) for x in re.findall(r"\d+", problem))
     return a, b
-
-
-@pytest.fixture(scope="module")
-def toy():
-    model = AutoModelForCausalLM.from_pretrained(str(TOY))
-    model.eval()
-    return model, AutoTokenizer.from_pretrained(str(TOY))
 
 
 @pytest.fixture(scope="module")
