@@ -14,8 +14,12 @@ the reference-only ``capture``. What changes is how the traces are decoded:
   (seed, prompt index, step)), applied to each row of the batch, so the traces are the
   reference's for the same seed, batched or not (CAL-7), up to logits that differ in the
   last float bits between batched and single-sequence forwards.
-- ``cache="static"`` asks ``generate`` for a static KV cache (fixed shapes, which lets
-  torch.compile capture the decode step on a GPU); ``"dynamic"`` (default) grows it.
+- ``cache="static"`` asks ``generate`` for a static KV cache (fixed shapes); on CUDA,
+  transformers (5.24: ``GenerationMixin._valid_auto_compile_criteria``) then compiles the
+  decode step with torch.compile by itself, which is what removes the per-op launch
+  overhead of eager decoding (docs/benchmarks.md projects 3-4.5x on an H100; not measured:
+  no GPU in this project's runs; the compile itself costs time once per shape).
+  ``"dynamic"`` (default) grows the cache and decodes eagerly.
 - ``batch_size="auto"``: on CUDA, as many sequences as the KV cache of prompt +
   ``max_new_tokens`` allows in half the free memory (at most 256); on CPU, 16.
 
