@@ -17,7 +17,7 @@ the reference-only ``capture``. What changes is how the traces are decoded:
 - ``cache="static"`` asks ``generate`` for a static KV cache (fixed shapes); on CUDA,
   transformers (5.24: ``GenerationMixin._valid_auto_compile_criteria``) then compiles the
   decode step with torch.compile by itself, which is what removes the per-op launch
-  overhead of eager decoding (docs/benchmarks.md projects 3-4.5x on an H100; not measured:
+  overhead of eager decoding (docs/benchmarks.md projects 2.6-5x on an H100; not measured:
   no GPU in this project's runs; the compile itself costs time once per shape).
   ``"dynamic"`` (default) grows the cache and decodes eagerly.
 - ``batch_size="auto"``: on CUDA, as many sequences as the KV cache of prompt +
