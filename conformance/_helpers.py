@@ -43,3 +43,13 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def read_png(path):
+    """The image at ``path`` (an array, via matplotlib), after checking the file is a PNG; skips
+    when matplotlib is not installed (the 'test' extra installs it)."""
+    pytest.importorskip("matplotlib", reason="reading a PNG needs matplotlib (the 'test' extra installs it)")
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return imread(path)

@@ -20,7 +20,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rac.conformance._helpers import one_thread, req
+from rac.conformance._helpers import one_thread, read_png, req
 from rac.reference.calibration import template_prompt
 from rac.reference.cli import main as rac_main
 from rac.reference.diagnose import aligned_matrix
@@ -124,13 +124,8 @@ def test_diag_3_same_budget_method_and_sparsity_for_both_models(diag_run):
 
 @req("DIAG-3")
 def test_diag_3_heatmap_png(diag_run):
-    pytest.importorskip("matplotlib", reason="the heatmap needs matplotlib (the 'test' extra installs it)")
-    from matplotlib.image import imread
-
     root, _ = diag_run
-    png = root / "fig.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    image = imread(png)
+    image = read_png(root / "fig.png")
     assert image.ndim == 3 and image.shape[1] > image.shape[0] > 100
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary file left
 

@@ -19,16 +19,12 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
+    from .cli_experiment import add_model_and_data_arguments
+
     p = sub.add_parser("diagnose", help="Figure 2: token-wise error ratio e_prompt / e_rac of the last hidden state "
                                         "along the dense model's rollouts, heatmap PNG + JSON",
                        description=__doc__.split("\n\n")[1])
-    data = p.add_argument_group("model and data")
-    data.add_argument("--model", default=None, help="save_pretrained directory (default: the bundled toy reasoner)")
-    data.add_argument("--calibration-problems", default=None,
-                      help="JSON lines with 'problem' (default: the toy reasoner's train.jsonl)")
-    data.add_argument("--calibration-start", type=int, default=0)
-    data.add_argument("--calibration-count", type=int, default=4000)
-    data.add_argument("--eval-problems", default=None, help="held-out problems (default: the toy reasoner's test.jsonl)")
+    data = add_model_and_data_arguments(p)
     data.add_argument("--num-problems", type=int, default=30, help="rows of the heatmap: the first N problems (default 30)")
     data.add_argument("--with-text", action="store_true",
                       help="also prune with the text calibration (--corpus) and record its e_t (the heatmap stays "

@@ -38,11 +38,10 @@ def _floats(text: str, name: str) -> list:
     return out
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("experiment", help="the paper's grid: calibration text/prompt/rac x method x sparsity, "
-                                          "acc@1 (SE) and thinking tokens per cell, table and plot",
-                       description=__doc__.split("\n\n")[1])
-    data = p.add_argument_group("model and data")
+def add_model_and_data_arguments(parser):
+    """The model, calibration-problem and held-out-problem options ``rac experiment`` and
+    ``rac diagnose`` share (defaults: the bundled toy reasoner and its files); returns the group."""
+    data = parser.add_argument_group("model and data")
     data.add_argument("--model", default=None, help="save_pretrained directory (default: the bundled toy reasoner)")
     data.add_argument("--calibration-problems", default=None,
                       help="JSON lines with 'problem' (default: the toy reasoner's train.jsonl)")
@@ -51,6 +50,14 @@ def add_parser(sub) -> None:
                       help="calibration problems available to Phase I, in file order (default 4000)")
     data.add_argument("--eval-problems", default=None,
                       help="held-out problems with answers (default: the toy reasoner's test.jsonl)")
+    return data
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("experiment", help="the paper's grid: calibration text/prompt/rac x method x sparsity, "
+                                          "acc@1 (SE) and thinking tokens per cell, table and plot",
+                       description=__doc__.split("\n\n")[1])
+    data = add_model_and_data_arguments(p)
     data.add_argument("--num-eval", type=int, default=None, help="evaluate on the first N (default: all)")
     data.add_argument("--corpus", default=None, help="text mode corpus (default: the fixtures corpus)")
     grid = p.add_argument_group("the grid")

@@ -40,6 +40,7 @@ from ._validate import METHODS, check_sparsity, parse_pattern
 from .calibration import check_options, corpus_windows, template_prompt
 from .calibration_set import LABELS
 from .evaluate import evaluate
+from .export import jsonable
 
 #: The calibration columns of Tables 1-3 and 9 (``offpolicy`` is Table 7's, not part of this grid).
 CALIBRATIONS = ("text", "prompt", "rac")
@@ -321,13 +322,5 @@ def run_experiment(model, tokenizer, *, calibration_problems, eval_problems, cor
 
 
 def _plain(obj):
-    """``obj`` with only strict-JSON types: tuples as lists, NaN and Inf as None, other objects as str."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)
+    """``obj`` with strict-JSON types only; NaN and Inf as None (export.jsonable's rules otherwise)."""
+    return jsonable(obj, nonfinite=lambda value: None)

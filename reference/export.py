@@ -78,18 +78,23 @@ def export_pruned(model, tokenizer, out, *, report=None, overwrite: bool = False
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if report is not None:
-            (tmp / REPORT_NAME).write_text(json.dumps(_jsonable(report), indent=2) + "\n")
+            (tmp / REPORT_NAME).write_text(json.dumps(jsonable(report), indent=2) + "\n")
     return Path(out)
 
 
-def _jsonable(obj):
-    """The report with NaN/Inf as strings (strict JSON has neither) and tuples as lists."""
+def jsonable(obj, nonfinite=str):
+    """``obj`` with strict-JSON types only: tuples as lists, keys as strings, other objects as
+    strings, and NaN/Inf (which strict JSON has not) replaced by ``nonfinite(value)``: a string
+    by default (report.json), or e.g. ``lambda v: None`` (rac experiment's results.json)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v, nonfinite) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v, nonfinite) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
+        return nonfinite(obj)
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return str(obj)
