@@ -1,5 +1,8 @@
-"""Sessions: `nox -s conformance selftest` is the project's test command (README, .ci/run).
+"""Sessions: `nox -s lint plain conformance selftest conformance_llmcompressor` is the project's test
+command (README, .ci/run).
 
+    nox -s lint                                 # ruff with the rules of pyproject.toml
+    nox -s plain                                # a plain install (no extras): every rac subcommand starts
     nox -s conformance                          # the suite against the reference, then rac.fast
     nox -s conformance -- --port pkg.mod:obj    # ... against any port (docs/spec.md)
     nox -s selftest                             # the suite must reject every mutant port
@@ -10,7 +13,7 @@ without it pip picks the torch wheel it would pick for you (CUDA on a GPU machin
 
 import nox
 
-nox.options.sessions = ["conformance", "selftest"]
+nox.options.sessions = ["lint", "plain", "conformance", "selftest"]
 nox.options.reuse_existing_virtualenvs = True
 
 
@@ -21,6 +24,25 @@ def _install(session):
 
 #: Ports `nox -s conformance` checks when no `--port` is given: the reference and rac.fast.
 DEFAULT_PORTS = ("rac.reference", "rac.fast")
+
+
+@nox.session
+def lint(session):
+    """ruff with the rules and line length configured in pyproject.toml ([tool.ruff])."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def plain(session):
+    """`pip install .` without extras, then every `rac` subcommand's --help, `rac --version` and `rac layer`:
+    the commands must start on a plain install (hypothesis, pytest and matplotlib are test extras)."""
+    session.install(".")
+    session.run("rac", "--help", silent=True)
+    session.run("rac", "--version")
+    for command in ("layer", "prune", "eval", "experiment", "diagnose"):
+        session.run("rac", command, "--help", silent=True)
+    session.run("rac", "layer", "--in", "64", "--out", "16", "--tokens", "128")
 
 
 @nox.session
@@ -42,7 +64,8 @@ def conformance(session):
 
 @nox.session
 def bench(session):
-    """Layer and model benchmarks, rac.fast vs rac.reference with lower bounds (docs/benchmarks.md); not a default session.
+    """Layer and model benchmarks, rac.fast vs rac.reference with lower bounds (docs/benchmarks.md); not a
+    default session.
 
     Saves docs/bench/layer-<device>-<UTC time>.json and model-<device>-<UTC time>.json; summarise with
     `python conformance/benchmarks/summarise.py <json>`. Options go to pytest, e.g.
@@ -55,16 +78,24 @@ def bench(session):
     device = session.run("python", "-c", probe, silent=True).strip().splitlines()[-1]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%MZ")
     for kind in ("layer", "model"):
-        session.run("pytest", f"conformance/benchmarks/bench_{kind}.py", "--benchmark-only", "-p", "no:cacheprovider",
-                    "--report-dir=", "--test-timeout=0", f"--benchmark-json=docs/bench/{kind}-{device}-{stamp}.json",
-                    *session.posargs)
+        session.run(
+            "pytest",
+            f"conformance/benchmarks/bench_{kind}.py",
+            "--benchmark-only",
+            "-p",
+            "no:cacheprovider",
+            "--report-dir=",
+            "--test-timeout=0",
+            f"--benchmark-json=docs/bench/{kind}-{device}-{stamp}.json",
+            *session.posargs,
+        )
 
 
 @nox.session
 def selftest(session):
     """Every deliberately broken port must be rejected, naming the rule it broke."""
     _install(session)
-    session.run("python", "-m", "rac.conformance.selftest", *session.posargs)
+    session.run("python", "-m", "rac.conformance.harness.selftest", *session.posargs)
 
 
 @nox.session
@@ -72,15 +103,22 @@ def conformance_llmcompressor(session):
     """The layer level of the suite against llm-compressor's SparseGPT and Wanda (docs/ports/llmcompressor.md).
 
     llm-compressor is installed only here (extra `llmcompressor`, pinned). Its known
-    deviations are listed in conformance/ports_llmcompressor.xfail and reported as
+    deviations are listed in conformance/adapters/llmcompressor.xfail and reported as
     xfail; the session fails on a new failure, or on a listed one that now passes.
     Hypothesis runs the fixed "ci" examples so the verdicts do not change between runs.
     """
     session.install(".[test,llmcompressor]")
     session.env.setdefault("RAC_HYPOTHESIS_PROFILE", "ci")
     session.run(
-        "pytest", "conformance", "--level", "layer", "--port", "rac.conformance.ports_llmcompressor",
-        "--report-dir", "reports/llmcompressor", *session.posargs,
+        "pytest",
+        "conformance",
+        "--level",
+        "layer",
+        "--port",
+        "rac.conformance.adapters.llmcompressor",
+        "--report-dir",
+        "reports/llmcompressor",
+        *session.posargs,
     )
     # the reproductions quoted in docs/ports/llmcompressor.md still reproduce
     session.run("pytest", "docs/ports/test_llmcompressor_repros.py", "-q")
@@ -98,6 +136,14 @@ def bench_llmcompressor(session):
 
     session.install(".[test,llmcompressor]")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%MZ")
-    session.run("pytest", "conformance/benchmarks/bench_llmcompressor.py", "--benchmark-only", "-p", "no:cacheprovider",
-                "--report-dir=", "--test-timeout=0", f"--benchmark-json=docs/bench/llmcompressor-cpu-{stamp}.json",
-                *session.posargs)
+    session.run(
+        "pytest",
+        "conformance/benchmarks/bench_llmcompressor.py",
+        "--benchmark-only",
+        "-p",
+        "no:cacheprovider",
+        "--report-dir=",
+        "--test-timeout=0",
+        f"--benchmark-json=docs/bench/llmcompressor-cpu-{stamp}.json",
+        *session.posargs,
+    )

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 
-from rac.conformance import expected as xf
-from rac.conformance import measure as measure_mod
-from rac.conformance import report as rep
-from rac.conformance.ports import DEFAULT_PORT, LEVELS, Port, module_dir
-from rac.conformance.timeout import time_limit
+from rac.conformance.harness import expected as xf
+from rac.conformance.harness import measure as measure_mod
+from rac.conformance.harness import report as rep
+from rac.conformance.harness.ports import DEFAULT_PORT, LEVELS, Port, module_dir
+from rac.conformance.harness.timeout import time_limit
 
 # Profiles: "ci" is derandomised and bounded so CI is stable and quick; "dev"
 # draws fresh examples; "thorough" for nightly or pre-release runs. Pinned
@@ -54,18 +54,38 @@ def pytest_addoption(parser):
                     help="implementation under test, package.module[:object] (default: %(default)s)")
     group.addoption("--device", default=None,
                     help="device the port's inputs are put on (default: cpu if the port declares it, else its first)")
-    group.addoption("--expected-failures", default=None, metavar="FILE",
-                    help="file of 'ID: reason' lines: requirements the port knowingly fails (added to its CAPABILITIES')")
-    group.addoption("--report-dir", default="reports", metavar="DIR",
-                    help="where the JSON and Markdown reports go (default: %(default)s; empty: do not write)")
-    group.addoption("--test-timeout", type=float, default=300.0, metavar="SECONDS",
-                    help="stop a test (setup or call) after this long and fail its requirements (default: %(default)s; 0: off)")
-    group.addoption("--req", default=None, metavar="ID[,ID...]",
-                    help="run only the tests of these requirement IDs")
-    group.addoption("--level", default=None, metavar="LEVEL[,LEVEL...]",
-                    help=f"run only tests of these levels: {', '.join(LEVELS)}, suite")
-    group.addoption("--inventory", default=None, metavar="FILE",
-                    help="write {test id: {reqs, level}} of every collected test as JSON (used by the self-test)")
+    group.addoption(
+        "--expected-failures",
+        default=None,
+        metavar="FILE",
+        help="file of 'ID: reason' lines: requirements the port knowingly fails (added to its CAPABILITIES')",
+    )
+    group.addoption(
+        "--report-dir",
+        default="reports",
+        metavar="DIR",
+        help="where the JSON and Markdown reports go (default: %(default)s; empty: do not write)",
+    )
+    group.addoption(
+        "--test-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="stop a test (setup or call) after this long and fail its requirements (default: %(default)s; 0: off)",
+    )
+    group.addoption("--req", default=None, metavar="ID[,ID...]", help="run only the tests of these requirement IDs")
+    group.addoption(
+        "--level",
+        default=None,
+        metavar="LEVEL[,LEVEL...]",
+        help=f"run only tests of these levels: {', '.join(LEVELS)}, suite",
+    )
+    group.addoption(
+        "--inventory",
+        default=None,
+        metavar="FILE",
+        help="write {test id: {reqs, level}} of every collected test as JSON (used by the self-test)",
+    )
 
 
 class _Run:
@@ -127,7 +147,9 @@ class _Run:
 
 def _commit(root) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except Exception:
         return None
@@ -191,13 +213,17 @@ def pytest_collection_modifyitems(session, config, items):
         raise pytest.UsageError(f"--level: unknown level(s) {sorted(unknown)}; known: {[*LEVELS, 'suite']}")
     inventory = config.getoption("--inventory")
     if inventory:
-        data = {item.nodeid: {"reqs": list(_req_ids(item)), "level": item_level(item), "file": str(item.path)}
-                for item in items}
+        data = {
+            item.nodeid: {"reqs": list(_req_ids(item)), "level": item_level(item), "file": str(item.path)}
+            for item in items
+        }
         Path(inventory).write_text(json.dumps(data, indent=0), encoding="utf-8")
     keep, drop = [], []
     for item in items:
         ids = _req_ids(item)
-        ok = (not wanted_reqs or bool(wanted_reqs & set(ids))) and (not wanted_levels or item_level(item) in wanted_levels)
+        ok = (not wanted_reqs or bool(wanted_reqs & set(ids))) and (
+            not wanted_levels or item_level(item) in wanted_levels
+        )
         (keep if ok else drop).append(item)
         if ok and set(ids) & set(run.expected):
             _derandomize(item)

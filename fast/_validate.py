@@ -1,6 +1,6 @@
-"""Input checks of ``rac.fast``: the reference's checks, run where the tensors live.
+"""Input checks of ``rac.fast``: the contract's checks, run where the tensors live.
 
-Every error a user can see comes from ``rac.reference._validate`` (same type,
+Every error a user can see comes from ``rac.reference.contract.validate`` (same type,
 same message, GEN-5); the only difference is that W and H are checked in their
 own dtype and on their own device instead of being copied to float64 on the
 CPU first. A GPU caller keeps its tensors on the GPU; H is moved to W's device.
@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from rac.reference._validate import as_real_tensor, check_hessian, check_weight
-from rac.reference.prune import check_request
+from rac.reference.contract.validate import as_real_tensor, check_hessian, check_weight
 
 #: The dtype every fast pruner computes in (docs/spec.md, "Fast implementation and precision policy").
 COMPUTE_DTYPE = torch.float32
@@ -42,17 +41,9 @@ def checked_hessian(H, W: torch.Tensor) -> torch.Tensor:
     return H
 
 
-def compute_copy(W: torch.Tensor) -> torch.Tensor:
-    """A float32 working copy of W on its device; ValueError if W does not fit in float32."""
-    W32 = W.to(COMPUTE_DTYPE, copy=True)
-    if not bool(torch.isfinite(W32).all()):
-        raise ValueError("W must be finite in float32 (rac.fast computes in float32); it has entries beyond 3.4e38")
-    return W32
-
-
 def output_dtype(W: torch.Tensor) -> torch.dtype:
     """Results come back in W's dtype (float32 for an integer W, which cannot hold updated weights)."""
     return W.dtype if W.is_floating_point() else COMPUTE_DTYPE
 
 
-__all__ = ["COMPUTE_DTYPE", "check_request", "checked_hessian", "checked_weight", "compute_copy", "output_dtype"]
+__all__ = ["COMPUTE_DTYPE", "checked_hessian", "checked_weight", "output_dtype"]

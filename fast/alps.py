@@ -9,8 +9,9 @@ projection onto the sparsity set, CG on the final support. What changes:
   ``update_every`` iterations (the support change), the only synchronisation
   of the loop;
 - the projection P_S selects the k largest |Z| in O(n) (fast/masks.py) rather
-  than sorting the whole layer every iteration (4096 x 4096, 1 thread of this
-  CPU: 0.50 s instead of 2.57 s, probe_micro.py; the iteration's GEMM: 2.8 s);
+  than sorting the whole layer every iteration: at 4096 x 4096 the sort cost
+  about as much as the iteration's GEMM, the selection a fifth of it
+  (docs/benchmarks.md, "rac.fast vs rac.reference, per pruner" and probe_micro.py);
 - one GEMM of 2 out in^2 FLOPs per iteration, (H_n + rho I)^{-1} rebuilt from
   the eigendecomposition only when rho changes, as the reference does.
 
@@ -30,8 +31,8 @@ from __future__ import annotations
 
 import torch
 
-from rac.reference._validate import Pattern
 from rac.reference.alps import SETTLED_CHANGE, kept_count, update_rho
+from rac.reference.contract.patterns import Pattern
 from rac.reference.masks import nm_mask
 
 from .masks import prune_lowest
@@ -171,6 +172,8 @@ def solve(W: torch.Tensor, factor: AlpsFactor, pattern: Pattern, sparsity: float
     return W_hat.to(out_dtype), mask, info
 
 
-def prune_alps(W: torch.Tensor, H: torch.Tensor, pattern: Pattern, sparsity: float, **opts):
-    """ALPS on one layer: (W_hat, mask, info), as ``rac.reference.alps.prune_alps``."""
-    return solve(W, factorise(H, opts["dampening"]), pattern, sparsity, opts)
+def prune_group(Ws: list, H: torch.Tensor, pattern: Pattern, sparsity: float, **opts) -> list:
+    """The registry's fast entry: one ridge + normalisation + eigendecomposition for linears sharing H;
+    ADMM and CG linear by linear (the top-k spans the whole layer). [(W_hat, mask, info)]."""
+    factor = factorise(H, opts["dampening"])
+    return [solve(W, factor, pattern, sparsity, opts) for W in Ws]

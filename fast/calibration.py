@@ -38,7 +38,7 @@ import warnings
 import torch
 
 from rac.reference import calibration as ref
-from rac.reference._hf import context_length, decoder_blocks, eval_mode, text_config
+from rac.reference.contract.models import context_length, decoder_blocks, eval_mode, text_config
 from rac.reference.calibration_set import CalibrationSet
 from rac.reference.sampling import sample_tokens
 
@@ -64,14 +64,14 @@ def collect_calibration(
             top_k=top_k, top_p=top_p, seed=seed, token_budget=token_budget, corpus=corpus, traces=traces,
             trace_model=trace_model, window=window, progress=progress,
         )
-    ref.check_options(mode, max_new_tokens, temperature, top_k, top_p, token_budget, window, seed)
+    ref.check_calibration_options(mode, max_new_tokens, temperature, top_k, top_p, token_budget, window, seed)
     if cache not in ("dynamic", "static"):
         raise ValueError(f"cache must be 'dynamic' or 'static', got {cache!r}")
-    ref._check_prompts(prompts)
+    ref.check_prompts(prompts)
     decoder = model if mode == "rac" else trace_model
     label = "decode" if mode == "rac" else "offpolicy"
     prompt_ids = [ref.template_prompt(tokenizer, p) for p in prompts]
-    ref._check_lengths(prompt_ids, context_length(model), max_new_tokens, f"max_new_tokens={max_new_tokens}")
+    ref.check_prompt_lengths(prompt_ids, context_length(model), max_new_tokens, f"max_new_tokens={max_new_tokens}")
     bs = resolve_batch_size(batch_size, decoder, max(p.numel() for p in prompt_ids) + max_new_tokens)
     sampling = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=seed)
     eos_ids = ref.eos_token_ids(model, tokenizer)
@@ -92,7 +92,7 @@ def collect_calibration(
                 for i, (tokens, stop) in zip(streams, decoded):
                     if token_budget is not None and total >= token_budget:
                         break
-                    ids, labels = ref._labelled((prompt_ids[i], "prompt"), (tokens, label))
+                    ids, labels = ref.labelled((prompt_ids[i], "prompt"), (tokens, label))
                     if token_budget is not None and ids.numel() > token_budget - total:
                         keep = token_budget - total  # the reference stops this trace's decoding here
                         ids, labels, stop = ids[:keep], labels[:keep], "budget"

@@ -9,19 +9,19 @@ Here, with J the reversal permutation:
     =>   H_d^{-1} = R^{-T} R^{-1}  =>   U = R^{-1}                       (same U: both have a positive diagonal)
 
 one Cholesky and one triangular solve, and no explicit inverse of H_d is ever
-formed or factorised again. n = 4096, float64, 1 thread of this CPU
-(docs/benchmarks.md, ``test_bench_factor``): reference recipe 3.91 s, this one
-2.82 s (its FLOP bound); FAST-3 and PREC-2 check that it is the same U.
+formed or factorised again: n^3 / 3 + n^3 / 3 FLOPs instead of 4/3 n^3, which
+brought the step down to its FLOP bound (docs/benchmarks.md, ``test_bench_factor``);
+FAST-3 and PREC-2 check that it is the same U.
 
 Precision (PREC-2): in float64 whatever the compute dtype, then U is rounded
 once to float32. On a rank-deficient 1024-input H (d = 0.01 / 0.001),
 factorising in float32 errs by 2.8e-5 / 2.8e-4 (relative Frobenius) where
 rounding H itself to float32 costs 3.4e-6 / 3.4e-5 (probe_precision.py): an 8x
-loss at the step every later score and update reads. In float64 it takes 1.4x
-the float32 time here (2.82 s vs 1.98 s at n = 4096, 1 thread, ``test_bench_factor``)
-and, projected from the datasheet, the same time on an H100 (FP64 tensor cores
-run at the FP32 rate, 67 TFLOP/s); it is O(in^3) once per distinct input, shared
-by every linear reading it.
+loss at the step every later score and update reads. In float64 it costs
+more than float32 on a CPU (docs/benchmarks.md, ``test_bench_factor``) and, projected
+from the datasheet, the same time on an H100 (FP64 tensor cores run at the FP32
+rate, 67 TFLOP/s); it is O(in^3) once per distinct input, shared by every linear
+reading it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Streaming H = sum_t w_t x_t x_t^T (spec HES-*), float32 accumulation, chunk by chunk.
 
-Phase II never holds X for the whole calibration set (38 GB for down_proj of a
-7B model at 1M tokens, research/ecosystem.md): each forward pass hands its
+Phase II never holds X for the whole calibration set (for down_proj of a 7B model,
+18,944 inputs x 1M tokens x 2 bytes = 38 GB in bf16): each forward pass hands its
 chunk of activations to a ``HessianAccumulator`` and drops it.
 
     acc = HessianAccumulator(in_features, device="cuda")
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from rac.reference._validate import as_real_tensor, check_finite
+from rac.reference.contract.validate import as_real_tensor, check_finite
 
 from .precision import mm_fp32_out
 
@@ -54,7 +54,9 @@ class HessianAccumulator:
         """Add the tokens of ``x`` ([..., in_features]) with their weights (see the class docstring)."""
         x = as_real_tensor(x, "x")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"x must have shape [..., {self.in_features}] (tokens x in_features), got {tuple(x.shape)}")
+            raise ValueError(
+                f"x must have shape [..., {self.in_features}] (tokens x in_features), got {tuple(x.shape)}"
+            )
         x = x.to(self.device).reshape(-1, self.in_features)
         if token_weights is None:
             self._add_rows(x, None)

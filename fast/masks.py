@@ -4,26 +4,24 @@ The reference prunes the k lowest scores of a group with a stable sort
 (O(n log n)). The same mask follows from a selection: t = the k-th smallest
 score; prune every score < t, then the first (k - #{score < t}) scores equal to
 t in index order, which is exactly where a stable ascending sort puts them
-(TIE-1). ``torch.kthvalue`` is a selection, ``cumsum`` orders the ties.
-Measured (conformance/benchmarks/probe_micro.py, 1 thread of this 2-core EPYC,
-docs/benchmarks.md): 4096 x 4096 scores, k = 2048 per row: selection 0.52 s,
-sort 1.15 s; one layer-wide group: 0.50 s vs 2.57 s. Nothing here syncs a GPU
-with the host.
+(TIE-1). ``torch.kthvalue`` is a selection, ``cumsum`` orders the ties. It saves
+half the time of a per-row sort and four fifths of a layer-wide one at 4096 x 4096
+(docs/benchmarks.md, "Precision probes" lists probe_micro.py's figures). Nothing here
+syncs a GPU with the host.
 
 N:M groups are tiny (M inputs). For M <= 4 each weight's rank in its group is
 counted by M^2 comparisons (``sweep.keep_highest``, the rule SparseGPT's N:M
 selection uses, FAST-9) instead of the reference's stable sort of every group;
-for larger M the comparisons cost as much as the sort, which is kept. Measured on
-the Wanda scores of a 4096 x 4096 layer (1 thread of this 2-core EPYC, loaded,
-2026-11-24, best of 3): 2:4 0.31 s against 0.54 s, 1:4 0.30 / 0.57, 3:4 0.33 /
-0.60, 4:8 0.67 / 0.59.
+for larger M the comparisons cost as much as the sort, which is kept (measured on
+the Wanda scores of a 4096 x 4096 layer: docs/benchmarks.md, "Wanda and magnitude
+after f49757f").
 """
 
 from __future__ import annotations
 
 import torch
 
-from rac.reference._validate import Pattern, pruned_count
+from rac.reference.contract.patterns import Pattern, pruned_count
 from rac.reference.masks import nm_mask as _nm_mask_by_sort
 
 from .sweep import keep_highest

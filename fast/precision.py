@@ -8,7 +8,8 @@ policy", PREC-*). In code it comes down to two rules:
   float32 precision, whatever the caller set with
   ``torch.set_float32_matmul_precision`` (TF32 on CUDA, bf16 passes on CPU).
   The float32 sweep costs out * in^2 FLOPs: on an H100's non-tensor float32
-  units (67 TFLOP/s, datasheet) about 1 ms for a 4096 x 4096 layer, so TF32
+  units (67 TFLOP/s, datasheet) about 1 ms for a 4096 x 4096 layer (projected, not
+  measured), so TF32
   would save little and cost 3 decimal digits per update.
 - ``mm_fp32_out(a, b)``: the one place bf16/fp16 matrix units are allowed:
   activations that are already bf16/fp16 are multiplied in their own dtype

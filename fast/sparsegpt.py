@@ -25,8 +25,9 @@ import warnings
 
 import torch
 
-from rac.reference._validate import Pattern, pruned_count
+from rac.reference.contract.patterns import Pattern, pruned_count
 
+from ._validate import output_dtype
 from .factor import factor_with_recovery
 from .masks import prune_lowest
 from .precision import full_fp32
@@ -127,12 +128,22 @@ def sparsegpt_sweep(W32, U, dead, pattern: Pattern, sparsity: float, blocksize: 
     return WT.T, keepT.T
 
 
-def prune_sparsegpt(W, H, pattern: Pattern, sparsity: float, *, blocksize=128, dampening=0.01,
-                    on_cholesky_failure="raise_dampening"):
-    """SparseGPT on one layer: (W_hat in W's dtype, mask, info). W, H validated; H float32 or float64."""
+def prune_group(Ws: list, H: torch.Tensor, pattern: Pattern, sparsity: float, *, blocksize: int, dampening: float,
+                on_cholesky_failure: str) -> list:
+    """The registry's fast entry: one factorisation for linears sharing H; N:M rows stacked into one sweep
+    (rows are independent given U), unstructured swept linear by linear (its mask spans a block's rows).
+    [(W_hat in each W's dtype, mask, info)]."""
     U, used = factor_with_recovery(H, dampening, on_cholesky_failure)
-    W32 = W.to(torch.float32, copy=True)
-    W_hat, mask = sparsegpt_sweep(W32, U, dead_inputs(H), pattern, sparsity, blocksize)
-    info = {"blocksize": blocksize, "dampening": used, "dampening_raised": used != dampening}
-    out_dtype = W.dtype if W.is_floating_point() else torch.float32
-    return W_hat.to(out_dtype).contiguous(), mask.contiguous(), info
+    dead = dead_inputs(H)
+    extra = {"blocksize": blocksize, "dampening": used, "dampening_raised": used != dampening}
+
+    def sweep(W32):
+        return sparsegpt_sweep(W32, U, dead, pattern, sparsity, blocksize)
+
+    if pattern.kind == "nm" and len(Ws) > 1:
+        weight, mask = sweep(torch.cat([W.to(torch.float32) for W in Ws], dim=0))
+        sizes = [W.shape[0] for W in Ws]
+        pieces = zip(weight.split(sizes), mask.split(sizes))
+    else:
+        pieces = (sweep(W.to(torch.float32, copy=True)) for W in Ws)
+    return [(w.to(output_dtype(W)).contiguous(), m.contiguous(), dict(extra)) for W, (w, m) in zip(Ws, pieces)]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from rac.reference._validate import Pattern
+from rac.reference.contract.patterns import Pattern
 from rac.reference.masks import prune_lowest_per_row
 
 
@@ -38,8 +38,8 @@ def keep_highest(scores: torch.Tensor, kept: int) -> torch.Tensor:
     Entry i is pruned iff fewer than M - kept entries are "below" it, where j is below i
     when s_j < s_i, or s_j == s_i and j < i: exactly the order of a stable ascending sort.
     Two schedules of the same comparisons: one broadcast (M, M, out) on a GPU (few kernels),
-    a loop over j on a CPU (less memory traffic). One 2:4 group of 4096 outputs on this CPU
-    (1 thread, probe_micro.py): stable sort 428 us, broadcast 167 us, loop 104 us.
+    a loop over j on a CPU (less memory traffic); on a CPU the loop is the faster of the two and
+    both beat a stable sort (docs/benchmarks.md, probe_micro.py's figures).
     """
     m = scores.shape[0]
     if m > PAIRWISE_MAX_M:
@@ -66,7 +66,9 @@ def _rank_broadcast(scores: torch.Tensor) -> torch.Tensor:
     return ((s_j < s_i) | ((s_j == s_i) & earlier)).sum(dim=1)
 
 
-def nm_keep_group(WT_group: torch.Tensor, d_group: torch.Tensor, dead_group: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+def nm_keep_group(
+    WT_group: torch.Tensor, d_group: torch.Tensor, dead_group: torch.Tensor, pattern: Pattern
+) -> torch.Tensor:
     """Keep-mask (M, out) of one M-group: the N highest w^2 / U_jj^2 of every output (SGPT-5, TIE-1)."""
     scores = (WT_group.square() / d_group.square().unsqueeze(1)).masked_fill(dead_group.unsqueeze(1), 0.0)
     return keep_highest(scores, pattern.n)
@@ -78,8 +80,8 @@ def sweep_chunk(WT, U, keepT, errT, j0: int, j1: int, d, dead, nm: Pattern | Non
     WT, keepT, errT: (panel, out) rows of the panel; U: (panel, panel) block of U; d = diag(U);
     nm: the N:M pattern (groups aligned at multiples of M in panel coordinates) or None (mask given);
     pruneF: 1.0 where pruned, 0.0 where kept, in WT's dtype (filled here for N:M groups).
-    Masks act by multiplying with 0/1 (exact for finite weights): for 4096 outputs a bool
-    ``masked_fill`` takes 6.5 us, the multiply 1.7 us (probe_micro.py, docs/benchmarks.md).
+    Masks act by multiplying with 0/1 (exact for finite weights), a quarter of the time of a bool
+    ``masked_fill`` per column (docs/benchmarks.md, probe_micro.py's figures).
     """
     for i in range(j0, j1):
         if nm is not None and i % nm.m == 0:

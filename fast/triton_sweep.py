@@ -19,7 +19,7 @@ has ``sweep_chunk``'s signature, so ``sweep_panel`` runs it unchanged.
 
 Checked against the eager loop: on CUDA by the GPU tests (FAST-10), and on a CPU
 with Triton's interpreter (``TRITON_INTERPRET=1``), which runs this very kernel
-with numpy (conformance/test_fast_equivalence.py, skipped where Triton is not
+with numpy (conformance/project/test_fast_equivalence.py, skipped where Triton is not
 installed). Not timed here: no GPU in this project's runs (docs/benchmarks.md).
 """
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from rac.reference._validate import Pattern
+from rac.reference.contract.patterns import Pattern
 
 from ._validate import COMPUTE_DTYPE
 from .masks import select_mask
+from .prune import stacked
 
 
 def wanda_scores(W: torch.Tensor, diag_H: torch.Tensor) -> torch.Tensor:
@@ -23,7 +24,15 @@ def wanda_scores(W: torch.Tensor, diag_H: torch.Tensor) -> torch.Tensor:
     return W.abs().to(COMPUTE_DTYPE) * norms.unsqueeze(0)
 
 
-def prune_wanda(W: torch.Tensor, diag_H: torch.Tensor, pattern: Pattern, sparsity: float, *, group: str = "row"):
+def prune_wanda(W: torch.Tensor, diag_H: torch.Tensor, pattern: Pattern, sparsity: float, *, group: str):
     """Prune the lowest Wanda scores per row (or per layer, or per M-group). Returns (weight, mask, info)."""
     mask = select_mask(wanda_scores(W, diag_H), pattern, sparsity, group)
     return W.masked_fill(~mask, 0), mask, {"group": group}
+
+
+def prune_group(Ws: list, H: torch.Tensor, pattern: Pattern, sparsity: float, *, group: str) -> list:
+    """The registry's fast entry: linears sharing an input read one diag(H); one stacked selection where
+    the groups are per row (group "row", the default, and N:M)."""
+    diag_H = torch.diagonal(H)
+    stack = pattern.kind == "nm" or group == "row"
+    return stacked(Ws, stack, lambda W: prune_wanda(W, diag_H, pattern, sparsity, group=group))

@@ -11,34 +11,51 @@ Model level (Algorithm 1):
 
 - ``collect_calibration(model, tokenizer, prompts, mode=...)``  Phase I, tokens with source labels (CAL-*)
 - ``compress(model, calibration, method=...)``                  Phase II, block by block (P2-*)
+
+The rules every implementation shares (argument checks, the method registry, patterns and
+counts, model access) are the bottom layer, ``rac.reference.contract``.
 """
 
-from ._validate import METHODS, Pattern, parse_pattern, pruned_count
-from .hessian import hessian
+from importlib.metadata import PackageNotFoundError, version
+
 from .calibration import collect_calibration
 from .calibration_set import LABELS, CalibrationSet
 from .compress import compress
+from .contract import registry
+from .contract.patterns import Pattern, parse_pattern, pruned_count
+from .hessian import hessian
 from .masks import nm_mask, prune_lowest, unstructured_mask
 from .objective import objective
 from .prune import PruneResult, prune_layer
 from .refit import refit
 from .sparsegpt import CholeskyError
 
-#: Port capabilities (docs/porting.md): what the conformance suite may ask of this implementation.
-CAPABILITIES = {
-    "name": "reference",
-    "methods": METHODS,
-    "patterns": ("unstructured", "nm"),
-    "dtype": "float64",
-    "levels": ("layer", "calibration", "model"),
-}
+try:
+    __version__ = version("rac-spec")
+except PackageNotFoundError:  # a source tree on sys.path without an install
+    __version__ = "0+unknown"
+
+
+def __getattr__(name):
+    # CAPABILITIES is read from the method registry when asked for, so a pruner registered after
+    # this import (a plug-in) is part of it.
+    if name == "CAPABILITIES":
+        #: Port capabilities (docs/porting.md): what the conformance suite may ask of this implementation.
+        return {
+            "name": "reference",
+            "methods": registry.with_implementation("reference"),
+            "patterns": ("unstructured", "nm"),
+            "dtype": "float64",
+            "levels": ("layer", "calibration", "model"),
+        }
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CAPABILITIES",
     "CalibrationSet",
     "CholeskyError",
     "LABELS",
-    "METHODS",
     "Pattern",
     "PruneResult",
     "collect_calibration",
@@ -51,5 +68,7 @@ __all__ = [
     "prune_lowest",
     "pruned_count",
     "refit",
+    "registry",
     "unstructured_mask",
+    "__version__",
 ]

@@ -44,20 +44,12 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import Pattern, check_nonnegative_float, check_options, check_positive_int, pruned_count
+from .contract.patterns import Pattern, pruned_count
 from .masks import nm_mask, prune_lowest
 
-#: Published defaults of ALPS (``ALPS_admm`` in the authors' code).
-ALPS_OPTIONS = {
-    "dampening": 0.01,  # ridge added to diag(H), as a fraction of mean(diag H)
-    "rho0": 0.1,  # initial ADMM penalty rho
-    "max_iter": 300,  # hard cap on ADMM iterations
-    "min_iter": 30,  # the "nearly no support change" stop is allowed only after this many iterations
-    "update_every": 3,  # rho is updated (and the support compared) every this many iterations
-    "rho_max": 1e6,  # rho is capped here
-    "cg_iters": 10,  # conjugate-gradient iterations of the post-processing
-    "cg_rtol": 1e-4,  # CG stops once every row's residual <= cg_rtol * its right-hand side
-}
+#: The published defaults of ALPS (``ALPS_admm`` in the authors' code) are the registry's
+#: (``contract/registry.py``): dampening 0.01, rho0 0.1, max_iter 300, min_iter 30, update_every 3,
+#: rho_max 1e6, cg_iters 10, cg_rtol 1e-4; each option is explained at ``prune_alps``.
 
 # Thresholds of the rho-update scheme, on the support change measured relative to k
 # (the fraction of the kept set that entered or left in the last ``update_every`` iterations).
@@ -77,43 +69,6 @@ RHO_RESTART_DIVISOR = 5.0
 ROUNDING_FLOOR = 64 * 2.220446049250313e-16
 #: after ``min_iter`` iterations, stop once change / k falls below this.
 SETTLED_CHANGE = 3e-4
-
-
-# --------------------------------------------------------------------------- options
-
-
-def _check_nonnegative_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return value
-
-
-def check_alps_options(options: dict) -> dict:
-    """Fill the defaults of ``ALPS_OPTIONS`` and check every value (ValueError names the option).
-
-    dampening    ridge lambda = dampening * mean(diag H) added to diag(H); >= 0. Default 0.01.
-    rho0         initial penalty rho; > 0. Default 0.1.
-    max_iter     at most this many ADMM iterations; positive int. Default 300.
-    min_iter     the "support has settled" stop (change / k < 3e-4) applies only
-                 after this many iterations; int >= 0. Default 30.
-    update_every rho is updated every this many iterations; positive int. Default 3.
-    rho_max      cap on rho; > 0. Default 1e6.
-    cg_iters     conjugate-gradient iterations on the final support; int >= 0
-                 (0 skips the post-processing). Default 10.
-    cg_rtol      CG stops when each row's residual norm <= cg_rtol * norm of its
-                 right-hand side; >= 0 (0 runs all cg_iters). Default 1e-4.
-    """
-    opts = check_options("alps", options, ALPS_OPTIONS)
-    for name in ("dampening", "rho0", "rho_max", "cg_rtol"):
-        opts[name] = check_nonnegative_float(opts[name], name)
-    for name in ("rho0", "rho_max"):
-        if opts[name] == 0:
-            raise ValueError(f"{name} must be > 0 (an ADMM penalty), got {options.get(name, 0)!r}")
-    for name in ("max_iter", "update_every"):
-        check_positive_int(opts[name], name)
-    for name in ("min_iter", "cg_iters"):
-        _check_nonnegative_int(opts[name], name)
-    return opts
 
 
 # --------------------------------------------------------------------------- step 1
@@ -373,7 +328,16 @@ def prune_alps(W: torch.Tensor, H: torch.Tensor, pattern: Pattern, sparsity: flo
     W: float64 (out, in); H: float64 symmetric PSD (in, in); both already
     validated by the caller. pattern: ``Pattern`` ("unstructured" or N:M).
     sparsity: fraction pruned (unstructured; ignored for N:M, where it is 1 - N/M).
-    options: see ``check_alps_options`` (defaults ``ALPS_OPTIONS``).
+    options (checked and complete, from the registry's defaults):
+
+        dampening    ridge lambda = dampening * mean(diag H) added to diag(H); >= 0.
+        rho0         initial penalty rho; > 0.
+        max_iter     at most this many ADMM iterations.
+        min_iter     the "support has settled" stop (change / k < 3e-4) applies only after this many iterations.
+        update_every rho is updated every this many iterations.
+        rho_max      cap on rho.
+        cg_iters     conjugate-gradient iterations on the final support (0 skips the post-processing).
+        cg_rtol      CG stops when each row's residual norm <= cg_rtol * norm of its right-hand side.
 
     W_hat is 0 exactly off the mask (True = kept). info holds "iterations"
     (ADMM), "rho" (final), "converged" (ADMM stopped by its support rule, not
@@ -383,7 +347,7 @@ def prune_alps(W: torch.Tensor, H: torch.Tensor, pattern: Pattern, sparsity: flo
     Steps: ridge + normalise (1), ADMM (2-6), P_S of the last dense iterate B,
     CG on that support (7), undo the normalisation.
     """
-    opts = check_alps_options(options)
+    opts = options
     dead = torch.diagonal(H) == 0
     kept = kept_count(pattern, sparsity, W.numel())
     W_n, H_n, norms = ridge_and_normalise(W, H, opts["dampening"])
@@ -399,4 +363,4 @@ def prune_alps(W: torch.Tensor, H: torch.Tensor, pattern: Pattern, sparsity: flo
     return W_hat, mask, info
 
 
-__all__ = ["ALPS_OPTIONS", "check_alps_options", "prune_alps"]
+__all__ = ["kept_count", "prune_alps", "update_rho"]

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._hf import context_length, decoder_blocks, eval_mode, forward_with_cache
+from .contract.models import context_length, decoder_blocks, eval_mode, forward_with_cache
 from .calibration_set import LABELS, CalibrationSet
 from .sampling import sample_next_token
 
@@ -192,7 +192,7 @@ def _check_chat_template(tokenizer) -> None:
         )
 
 
-def check_options(mode, max_new_tokens, temperature, top_k, top_p, token_budget, window, seed) -> None:
+def check_calibration_options(mode, max_new_tokens, temperature, top_k, top_p, token_budget, window, seed) -> None:
     """ValueError naming the argument for any bad Phase I option (CAL-9)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -213,7 +213,7 @@ def check_options(mode, max_new_tokens, temperature, top_k, top_p, token_budget,
         raise ValueError(f"seed must be an int, got {seed!r}")
 
 
-def _check_prompts(prompts) -> None:
+def check_prompts(prompts) -> None:
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
         raise ValueError("prompts must be a non-empty list of problem statements (str)")
     for i, p in enumerate(prompts):
@@ -221,7 +221,7 @@ def _check_prompts(prompts) -> None:
             raise ValueError(f"prompts[{i}] must be a str, got {type(p).__name__}")
 
 
-def _check_lengths(prompt_ids: list, context, extra: int, what: str, first: int = 0) -> None:
+def check_prompt_lengths(prompt_ids: list, context, extra: int, what: str, first: int = 0) -> None:
     """ValueError naming the prompt index if prompt (+ ``extra`` tokens of ``what``) exceeds the context."""
     if context is None:
         return
@@ -288,7 +288,7 @@ class _Job:
         return teacher_forced_block_inputs(self.model, ids) if self.capture else None
 
 
-def _labelled(*parts) -> tuple:
+def labelled(*parts) -> tuple:
     """Concatenate (ids, label) parts into a sequence and its per-token label codes."""
     ids = torch.cat([p for p, _ in parts])
     labels = torch.cat([torch.full((p.numel(),), LABELS.index(lab), dtype=torch.long) for p, lab in parts])
@@ -327,7 +327,7 @@ def _generate_row(job, model, prompt, stream, label, remaining, capture) -> _Row
         top_p=job.opts["top_p"], seed=job.seed, stream=stream, eos_ids=job.eos_ids, capture=capture,
     )
     stop = "budget" if trace.stop == "limit" and limit < job.opts["max_new_tokens"] else trace.stop
-    ids, labels = _labelled((prompt, "prompt"), (trace.tokens, label))
+    ids, labels = labelled((prompt, "prompt"), (trace.tokens, label))
     return _Row(ids, labels, trace.activations, stop)
 
 
@@ -358,7 +358,7 @@ def collect_calibration(
     Prompts are templated and checked against the model's context before any decoding.
     The model runs in eval mode under torch.no_grad(); its training flag is restored.
     """
-    check_options(mode, max_new_tokens, temperature, top_k, top_p, token_budget, window, seed)
+    check_calibration_options(mode, max_new_tokens, temperature, top_k, top_p, token_budget, window, seed)
     opts = dict(max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
     job = _Job(model, tokenizer, opts, seed, eos_token_ids(model, tokenizer),
                token_budget, capture, context_length(model), progress)
@@ -384,16 +384,16 @@ def _collect(job, mode, prompts, corpus, traces, trace_model, window, meta) -> l
     if mode == "text":
         meta["window"] = window
         return _collect_text(job, corpus, window)
-    _check_prompts(prompts)
+    check_prompts(prompts)
     prompt_ids = [template_prompt(job.tokenizer, p) for p in prompts]
     if mode == "prompt":
-        _check_lengths(prompt_ids, job.context, 0, "")
+        check_prompt_lengths(prompt_ids, job.context, 0, "")
         # capture: one forward over the prompt, which is Algorithm 1's prompt phase (line 3)
-        make_row = lambda ids, _: _Row(*_labelled((ids, "prompt")), job.block_inputs(ids))  # noqa: E731
+        make_row = lambda ids, _: _Row(*labelled((ids, "prompt")), job.block_inputs(ids))  # noqa: E731
         return _budgeted(make_row, prompt_ids, job.token_budget, job.progress)
     if mode == "rac":
         max_new = job.opts["max_new_tokens"]
-        _check_lengths(prompt_ids, job.context, max_new, f"max_new_tokens={max_new}")
+        check_prompt_lengths(prompt_ids, job.context, max_new, f"max_new_tokens={max_new}")
 
         def make_row(item, remaining):
             stream, ids = item
@@ -413,12 +413,12 @@ def _collect(job, mode, prompts, corpus, traces, trace_model, window, meta) -> l
 def _collect_text(job, corpus, window) -> list:
     """The ``text`` mode: corpus windows, labelled text."""
     if not isinstance(corpus, str) or not corpus.strip():
-        raise ValueError("corpus must be a non-empty str for mode='text' (e.g. rac.reference.data.read_corpus(path))")
+        raise ValueError("corpus must be a non-empty str for mode='text' (e.g. rac.cli.data.read_corpus(path))")
     if job.context is not None and window > job.context:
         raise ValueError(f"window must be at most the model's context ({job.context}), got {window}")
 
     def make_row(ids, remaining):
-        return _Row(*_labelled((ids, "text")), job.block_inputs(ids if remaining is None else ids[:remaining]))
+        return _Row(*labelled((ids, "text")), job.block_inputs(ids if remaining is None else ids[:remaining]))
 
     return _budgeted(make_row, corpus_windows(job.tokenizer, corpus, window), job.token_budget, job.progress)
 
@@ -426,7 +426,7 @@ def _collect_text(job, corpus, window) -> list:
 def _collect_offpolicy_generated(job, prompt_ids, trace_model) -> list:
     """Prompt + a trace decoded by ``trace_model`` with the same sampler, labelled offpolicy."""
     max_new = job.opts["max_new_tokens"]
-    _check_lengths(prompt_ids, job.context, max_new, f"max_new_tokens={max_new}")
+    check_prompt_lengths(prompt_ids, job.context, max_new, f"max_new_tokens={max_new}")
 
     def make_row(item, remaining):
         stream, ids = item
@@ -444,7 +444,7 @@ def _collect_offpolicy_file(job, prompts, prompt_ids, traces) -> list:
     def make_row(i, remaining):
         if trace_ids[i] is None:
             return None
-        ids, labels = _labelled((prompt_ids[i], "prompt"), (trace_ids[i], "offpolicy"))
+        ids, labels = labelled((prompt_ids[i], "prompt"), (trace_ids[i], "offpolicy"))
         if remaining is not None:
             ids, labels = ids[:remaining], labels[:remaining]
         return _Row(ids, labels, job.block_inputs(ids))
@@ -464,6 +464,6 @@ def _offpolicy_trace_ids(job, prompts, prompt_ids, traces) -> list:
         if not isinstance(trace, str):
             raise ValueError(f"traces[{i}] must be a str or None, got {type(trace).__name__}")
         ids = trace_token_ids(job.tokenizer, trace, render_prompt(job.tokenizer, problem))
-        _check_lengths([prompt_ids[i]], job.context, ids.numel(), f"traces[{i}] ({ids.numel()} tokens)", first=i)
+        check_prompt_lengths([prompt_ids[i]], job.context, ids.numel(), f"traces[{i}] ({ids.numel()} tokens)", first=i)
         out.append(ids)
     return out

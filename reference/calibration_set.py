@@ -7,9 +7,7 @@ split the objective into prompt and decode parts (the paper's Figure 2 story).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -27,7 +25,7 @@ class CalibrationSet:
     ``meta`` records how the set was made (mode, seed, budget, sampling).
     ``activations`` (optional, ``collect_calibration(capture=True)``): per sequence a
     tensor [num_blocks, seq_len, hidden], the input of every decoder block at every
-    position as computed while the set was made. Not written by ``save``.
+    position as computed while the set was made.
     """
 
     sequences: list
@@ -40,7 +38,10 @@ class CalibrationSet:
             raise ValueError(f"labels must have one entry per sequence ({len(self.sequences)}), got {len(self.labels)}")
         for i, (ids, lab) in enumerate(zip(self.sequences, self.labels)):
             if ids.ndim != 1 or lab.shape != ids.shape:
-                raise ValueError(f"sequence {i}: ids and labels must be 1-D of equal length, got {tuple(ids.shape)} and {tuple(lab.shape)}")
+                raise ValueError(
+                    f"sequence {i}: ids and labels must be 1-D of equal length, got {tuple(ids.shape)} and "
+                    f"{tuple(lab.shape)}"
+                )
             if ids.dtype != torch.long or lab.dtype != torch.long:
                 raise TypeError(f"sequence {i}: ids and labels must be int64 tensors")
             if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= len(LABELS)):
@@ -70,21 +71,3 @@ class CalibrationSet:
 
     def summary(self) -> dict:
         return {"sequences": len(self), "tokens": self.num_tokens, **{label: self.count(label) for label in LABELS}}
-
-    def save(self, path) -> None:
-        """JSON lines: one {"ids": [...], "labels": [...]} per sequence, plus a first line of meta."""
-        path = Path(path)
-        with path.open("w") as f:
-            f.write(json.dumps({"meta": self.meta}) + "\n")
-            for ids, lab in zip(self.sequences, self.labels):
-                f.write(json.dumps({"ids": ids.tolist(), "labels": [LABELS[i] for i in lab.tolist()]}) + "\n")
-
-    @classmethod
-    def load(cls, path) -> "CalibrationSet":
-        lines = Path(path).read_text().splitlines()
-        meta = json.loads(lines[0]).get("meta", {}) if lines else {}
-        seqs, labs = [], []
-        for row in map(json.loads, lines[1:]):
-            seqs.append(torch.tensor(row["ids"], dtype=torch.long))
-            labs.append(torch.tensor([LABELS.index(x) for x in row["labels"]], dtype=torch.long))
-        return cls(seqs, labs, meta)

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ._hf import decoder_blocks
-from ._validate import check_choice
 from .calibration_set import LABELS
+from .contract.models import decoder_blocks
+from .contract.registry import check_request
+from .contract.validate import check_choice
 from .objective import row_objectives
-from .prune import check_request, prune_layer
+from .prune import prune_layer
 
 PROPAGATIONS = ("sequential", "dense")
 
@@ -65,10 +66,14 @@ def resolve_blocks(spec, num_blocks: int) -> list:
     try:
         indices = sorted({int(i) for i in spec})
     except (TypeError, ValueError):
-        raise ValueError(f"blocks must be a list of block indices or one of {list(BLOCK_SCOPES)}, got {spec!r}") from None
+        raise ValueError(
+            f"blocks must be a list of block indices or one of {list(BLOCK_SCOPES)}, got {spec!r}"
+        ) from None
     bad = [i for i in indices if not 0 <= i < num_blocks]
     if bad or not indices:
-        raise ValueError(f"blocks must be indices in [0, {num_blocks}) (the model has {num_blocks} blocks), got {list(spec)!r}")
+        raise ValueError(
+            f"blocks must be indices in [0, {num_blocks}) (the model has {num_blocks} blocks), got {list(spec)!r}"
+        )
     return indices
 
 
@@ -83,13 +88,16 @@ def target_linears(block: torch.nn.Module, targets) -> dict:
     if targets is None:
         return linears
     if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
-        raise ValueError(f"targets must be a list of module names or kinds (e.g. ['mlp'] or ['q_proj']), got {targets!r}")
+        raise ValueError(
+            f"targets must be a list of module names or kinds (e.g. ['mlp'] or ['q_proj']), got {targets!r}"
+        )
     chosen = {
-        n: m for n, m in linears.items()
-        if any(n == t or n.endswith("." + t) or n.split(".")[0] == t for t in targets)
+        n: m for n, m in linears.items() if any(n == t or n.endswith("." + t) or n.split(".")[0] == t for t in targets)
     }
     if not chosen:
-        raise ValueError(f"targets {list(targets)!r} match no linear layer of the decoder blocks; they have {sorted(linears)}")
+        raise ValueError(
+            f"targets {list(targets)!r} match no linear layer of the decoder blocks; they have {sorted(linears)}"
+        )
     return chosen
 
 
@@ -145,7 +153,9 @@ def capture_block_inputs(model, blocks, batch: Batch, last: int) -> list:
 
     handles = [blocks[i].register_forward_pre_hook(make_hook(i), with_kwargs=True) for i in range(last + 1)]
     try:
-        model(input_ids=batch.ids.to(model.device), attention_mask=batch.attention_mask.to(model.device), use_cache=False)
+        model(
+            input_ids=batch.ids.to(model.device), attention_mask=batch.attention_mask.to(model.device), use_cache=False
+        )
     except _StopForward:
         pass
     finally:
@@ -163,39 +173,69 @@ def run_block(block, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
 # --------------------------------------------------------------------------- Hessians (Eq. 7)
 
 
-class HessianAccumulator:
-    """H per token source for each distinct input of one block's target linears (P2-3, P2-4).
+class InputGroups:
+    """Which target linears of a block read the very same input tensor (q/k/v; gate/up) (P2-3).
 
-    Linears that receive the very same input tensor (q/k/v; gate/up) are found on the
-    first batch and share one accumulator. The inputs seen in a batch are held until the
-    next batch, so a freed tensor's memory cannot be reused for another input and fool
-    the identity test.
+    The groups are found on the first batch: a linear whose input *is* (same tensor object)
+    the input of an earlier linear of that batch joins its group, led by that earlier linear.
+    The inputs seen in a batch are held until the next batch, so a freed tensor's memory
+    cannot be reused for another input and fool the identity test.
+    """
+
+    def __init__(self, linears: dict):
+        self.linears = linears
+        self.group_of: dict = {}  # linear name -> leader name (the first linear that saw that input)
+        self._seen: list = []  # (input tensor, leader) of the current batch; holds the tensors alive
+
+    def new_batch(self) -> None:
+        self._seen = []
+
+    def leader(self, name: str, x) -> str | None:
+        """The leader of ``name``'s group, or None when ``name`` itself leads it and ``x`` is new to the batch."""
+        if name not in self.group_of:  # grouping decided on the first batch
+            same = [leader for seen, leader in self._seen if seen is x]
+            self.group_of[name] = same[0] if same else name
+        if self.group_of[name] == name:
+            self._seen.append((x, name))
+            return None
+        return self.group_of[name]
+
+    def groups(self) -> dict:
+        """leader -> [linear names] in the block's order."""
+        out: dict = {}
+        for name in self.linears:
+            out.setdefault(self.group_of[name], []).append(name)
+        return out
+
+
+class BlockHessians:
+    """H per token source for each distinct input of one block's target linears (P2-3, P2-4), float64.
+
+    ``hook(name)`` is a forward pre-hook for linear ``name``; the leader of each ``InputGroups``
+    group accumulates H_label = sum over the real tokens of that label of x_t x_t^T.
     """
 
     def __init__(self, block_index: int, linears: dict):
         self.block_index = block_index
-        self.linears = linears
-        self.group_of: dict = {}  # linear name -> leader name (the first linear that saw that input)
+        self.inputs = InputGroups(linears)
         self.H: dict = {}  # leader -> {label code: float64 H}
         self.tokens: dict = {}  # label code -> number of tokens
         self._labels = None
-        self._seen: list = []  # (input tensor, leader) of the current batch; holds the tensors alive
+
+    @property
+    def group_of(self) -> dict:
+        return self.inputs.group_of
 
     def set_batch(self, batch: Batch) -> None:
         self._labels = batch.labels.to("cpu")
-        self._seen = []
+        self.inputs.new_batch()
         for code in range(len(LABELS)):
             self.tokens[code] = self.tokens.get(code, 0) + int((self._labels == code).sum())
 
     def hook(self, name):
         def fn(module, args):
             x = args[0]
-            if name not in self.group_of:  # grouping decided on the first batch
-                same = [leader for seen, leader in self._seen if seen is x]
-                self.group_of[name] = same[0] if same else name
-            leader = self.group_of[name]
-            if leader == name:
-                self._seen.append((x, name))
+            if self.inputs.leader(name, x) is None:
                 self.accumulate(name, x)
 
         return fn
@@ -204,10 +244,7 @@ class HessianAccumulator:
         """H_label += sum over the real (non-padding) tokens of that label of x_t x_t^T, in float64."""
         x = x.detach().to("cpu", torch.float64)
         if not bool(torch.isfinite(x[self._labels >= 0]).all()):
-            raise FloatingPointError(
-                f"block {self.block_index}, module {leader}: its input holds NaN or Inf (first seen here); "
-                "the calibration forward overflowed (e.g. float16): load the model in bfloat16 or float32"
-            )
+            raise FloatingPointError(nonfinite_input_message(self.block_index, leader))
         per_label = self.H.setdefault(leader, {})
         for code in range(len(LABELS)):
             X = x[self._labels == code]  # (tokens of that source, in)
@@ -219,12 +256,28 @@ class HessianAccumulator:
         return {LABELS[c]: h for c, h in self.H.get(self.group_of[name], {}).items()}
 
 
+def nonfinite_input_message(block_index: int, module: str) -> str:
+    """The error raised when a target linear's input holds NaN or Inf (P2-9: never pruned from garbage)."""
+    return (
+        f"block {block_index}, module {module}: its input holds NaN or Inf (first seen here); "
+        "the calibration forward overflowed (e.g. float16): load the model in bfloat16 or float32"
+    )
+
+
 # --------------------------------------------------------------------------- Phase II
 
 
 def check_compress_arguments(
-    model, *, method, sparsity=None, pattern="unstructured", propagation="sequential", targets=None, blocks=None,
-    batch_size=1, **options,
+    model,
+    *,
+    method,
+    sparsity=None,
+    pattern="unstructured",
+    propagation="sequential",
+    targets=None,
+    blocks=None,
+    batch_size=1,
+    **options,
 ) -> dict:
     """Check a Phase II request against the model without touching it: {block: {name: linear}} in scope.
 
@@ -274,20 +327,33 @@ def compress(
     Every argument is checked before any weight changes; if anything fails midway
     (e.g. NaN activations), the weights already pruned are restored and the error is raised.
     """
-    _check_calibration(calibration)
+    check_calibration(calibration)
     targeted = check_compress_arguments(
-        model, method=method, sparsity=sparsity, pattern=pattern, propagation=propagation, targets=targets,
-        blocks=blocks, batch_size=batch_size, **options,
+        model,
+        method=method,
+        sparsity=sparsity,
+        pattern=pattern,
+        propagation=propagation,
+        targets=targets,
+        blocks=blocks,
+        batch_size=batch_size,
+        **options,
     )
     all_blocks = decoder_blocks(model)
     in_scope = sorted(targeted)
     pad_id = getattr(model.config, "pad_token_id", None)
     batches = make_batches(calibration, batch_size, 0 if pad_id is None else pad_id)
     report = {
-        "implementation": "rac.reference", "method": method, "pattern": pattern, "sparsity": sparsity,
-        "propagation": propagation, "options": options, "blocks": in_scope,
+        "implementation": "rac.reference",
+        "method": method,
+        "pattern": pattern,
+        "sparsity": sparsity,
+        "propagation": propagation,
+        "options": options,
+        "blocks": in_scope,
         "targets": None if targets is None else list(targets),
-        "calibration": _calibration_summary(calibration), "layers": [],
+        "calibration": calibration_summary(calibration),
+        "layers": [],
     }
     originals = {}  # linear -> its dense weight, to restore if anything fails
     was_training = model.training
@@ -296,8 +362,17 @@ def compress(
     try:
         with torch.no_grad():
             report["layers"] = _compress_blocks(
-                model, all_blocks, targeted, batches, propagation, progress, originals,
-                method=method, sparsity=sparsity, pattern=pattern, **options,
+                model,
+                all_blocks,
+                targeted,
+                batches,
+                propagation,
+                progress,
+                originals,
+                method=method,
+                sparsity=sparsity,
+                pattern=pattern,
+                **options,
             )
     except BaseException:
         with torch.no_grad():
@@ -332,7 +407,7 @@ def _compress_blocks(model, all_blocks, targeted, batches, propagation, progress
 
 def prune_block(block, index, linears, batches, hidden, kwargs, originals, **prune_args) -> list:
     """Accumulate H for every target linear of one block from its inputs, then prune each linear."""
-    acc = HessianAccumulator(index, linears)
+    acc = BlockHessians(index, linears)
     handles = [m.register_forward_pre_hook(acc.hook(n)) for n, m in linears.items()]
     try:
         for batch, h, kw in zip(batches, hidden, kwargs):
@@ -378,7 +453,7 @@ def layer_row(index, name, acc, W, W_hat, result, by_source, seconds) -> dict:
     }
 
 
-def _check_calibration(calibration) -> None:
+def check_calibration(calibration) -> None:
     seqs = getattr(calibration, "sequences", None)
     labels = getattr(calibration, "labels", None)
     if seqs is None or labels is None or len(seqs) == 0:
@@ -389,8 +464,12 @@ def _check_calibration(calibration) -> None:
         raise ValueError("calibration has an empty sequence")
 
 
-def _calibration_summary(calibration) -> dict:
+def calibration_summary(calibration) -> dict:
     flat = torch.cat(list(calibration.labels))
     counts = {label: int((flat == code).sum()) for code, label in enumerate(LABELS)}
-    return {"sequences": len(calibration.sequences), "tokens": int(flat.numel()), **counts,
-            "meta": dict(getattr(calibration, "meta", {}) or {})}
+    return {
+        "sequences": len(calibration.sequences),
+        "tokens": int(flat.numel()),
+        **counts,
+        "meta": dict(getattr(calibration, "meta", {}) or {}),
+    }

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import as_float64, check_finite
+from .contract.validate import as_float64, check_finite
 
 
 def hessian(X, weights=None) -> torch.Tensor:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import Pattern, check_choice
+from .contract.patterns import Pattern
 from .masks import select_mask
-
-MAGNITUDE_OPTIONS = {"group": "layer"}
 
 
 def magnitude_scores(W: torch.Tensor) -> torch.Tensor:
@@ -15,11 +13,10 @@ def magnitude_scores(W: torch.Tensor) -> torch.Tensor:
     return W.abs()
 
 
-def prune_magnitude(W, H, pattern: Pattern, sparsity: float, *, group: str = "layer"):
+def prune_magnitude(W, H, pattern: Pattern, sparsity: float, *, group: str):
     """Zero the lowest-|W| weights of each group; kept weights are unchanged (MAG-2).
 
     group: "layer" (the original baselines: one threshold per matrix) or "row".
     """
-    check_choice(group, ("layer", "row"), "group")
     mask = select_mask(magnitude_scores(W), pattern, sparsity, group)
     return W.masked_fill(~mask, 0.0), mask, {"group": group}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import Pattern, pruned_count
+from .contract.patterns import Pattern, pruned_count
 
 
 def prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:

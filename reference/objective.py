@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import check_hessian, check_weight
+from .contract.validate import check_hessian, check_weight
 
 
 def objective(W, W_hat, H) -> float:

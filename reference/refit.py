@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import check_hessian, check_mask, check_weight
+from .contract.validate import check_hessian, check_mask, check_weight
 
 
 def hessian_square_root(H: torch.Tensor) -> torch.Tensor:

@@ -25,10 +25,8 @@ import warnings
 
 import torch
 
-from ._validate import Pattern, check_choice, check_nonnegative_float, check_positive_int
+from .contract.patterns import Pattern
 from .masks import select_mask
-
-SPARSEGPT_OPTIONS = {"blocksize": 128, "dampening": 0.01, "on_cholesky_failure": "raise_dampening"}
 
 #: Recovery ladder of SGPT-8: dampening doubled (from 0.01 if it was below)
 #: until the Cholesky factorisation succeeds, at most up to this value.
@@ -107,7 +105,7 @@ def sparsegpt_sweep(W, U, dead, pattern: Pattern, sparsity: float, blocksize: in
     """Steps 3-4 for every column; ``select(scores, pattern, sparsity, group)`` picks each mask piece.
 
     ``select`` is a parameter so the conformance suite can replay a port's
-    masks through the same updates (see conformance/oracles.py).
+    masks through the same updates (see conformance/checking/oracles.py).
     """
     W = W.clone()
     out_features, in_features = W.shape
@@ -126,18 +124,9 @@ def sparsegpt_sweep(W, U, dead, pattern: Pattern, sparsity: float, blocksize: in
     return W, mask
 
 
-def check_sparsegpt_options(opts: dict) -> None:
-    """ValueError naming the option: blocksize a positive int, dampening >= 0, on_cholesky_failure a known mode."""
-    check_positive_int(opts["blocksize"], "blocksize")
-    check_nonnegative_float(opts["dampening"], "dampening")
-    check_choice(opts["on_cholesky_failure"], ("raise_dampening", "raise"), "on_cholesky_failure")
-
-
-def prune_sparsegpt(
-    W, H, pattern: Pattern, sparsity: float, *, blocksize=128, dampening=0.01, on_cholesky_failure="raise_dampening"
-):
-    """SparseGPT on one layer: (W_hat, mask, info). Options as in the original: blocksize 128, dampening 0.01."""
-    check_sparsegpt_options(dict(blocksize=blocksize, dampening=dampening, on_cholesky_failure=on_cholesky_failure))
+def prune_sparsegpt(W, H, pattern: Pattern, sparsity: float, *, blocksize, dampening, on_cholesky_failure):
+    """SparseGPT on one layer: (W_hat, mask, info). Options checked, with the registry's defaults as in the
+    original code (blocksize 128, dampening 0.01, on_cholesky_failure "raise_dampening")."""
     U, used = factor_with_recovery(H, dampening, on_cholesky_failure)
     dead = dead_inputs(H)
     W_hat, mask = sparsegpt_sweep(W, U, dead, pattern, sparsity, blocksize)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import Pattern, check_choice
+from .contract.patterns import Pattern
 from .masks import select_mask
-
-WANDA_OPTIONS = {"group": "row"}
 
 
 def wanda_scores(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -21,8 +19,7 @@ def wanda_scores(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     return W.abs() * feature_norms.unsqueeze(0)
 
 
-def prune_wanda(W, H, pattern: Pattern, sparsity: float, *, group: str = "row"):
+def prune_wanda(W, H, pattern: Pattern, sparsity: float, *, group: str):
     """Prune the lowest Wanda scores in each row (or in the layer); kept weights unchanged (WANDA-3)."""
-    check_choice(group, ("row", "layer"), "group")
     mask = select_mask(wanda_scores(W, H), pattern, sparsity, group)
     return W.masked_fill(~mask, 0.0), mask, {"group": group}

@@ -34,14 +34,15 @@ import torch
 
 import rac.fast
 import rac.reference
-from rac.conformance.strategies import llm_like_layer
+from rac.conformance.checking.strategies import llm_like_layer
+from rac.reference.contract import registry
 
 QUICK = os.environ.get("RAC_BENCH_QUICK") == "1"
 SIZES = (64,) if QUICK else tuple(int(s) for s in os.environ.get("RAC_BENCH_SIZES", "1024,4096").split(","))
 DEVICE = torch.device(os.environ.get("RAC_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
 if os.environ.get("RAC_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["RAC_BENCH_THREADS"]))
-METHODS = ("magnitude", "wanda", "sparsegpt", "alps")
+METHODS = registry.with_implementation("fast")
 SETTINGS = {"unstructured": dict(sparsity=0.5), "2:4": dict(pattern="2:4")}
 
 #: Reference runs that take far longer than a benchmark session should (float64 ADMM with a sorted
@@ -56,7 +57,7 @@ def sync():
         torch.cuda.synchronize()
 
 
-layer = llm_like_layer  # the shared recipe (rac.conformance.strategies)
+layer = llm_like_layer  # the shared recipe (rac.conformance.checking.strategies)
 
 
 def best_time(fn, repeats: int = 3) -> float:

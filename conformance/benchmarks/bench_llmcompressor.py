@@ -6,7 +6,7 @@
 Both sides get the same float64 W (out x in) and H = X X^T and the same settings
 (sparsity 0.5 or 2:4, 128-column blocks, dampening 0.01 of mean diag H); each
 converts to its own precision inside the timed call (llm-compressor: float32,
-through rac.conformance.ports_llmcompressor, which only translates
+through rac.conformance.adapters.llmcompressor, which only translates
 conventions). The objective tr((W - W_hat) H (W - W_hat)^T) is computed here, in
 float64, the same way for every result, and stored in each benchmark's
 ``extra_info`` with the number of weights pruned beyond floor(s * |group|).
@@ -27,8 +27,8 @@ import torch
 
 pytest.importorskip("llmcompressor", reason="llm-compressor is installed only in `nox -s bench_llmcompressor`")
 
-from rac.conformance import ports_llmcompressor  # noqa: E402
-from rac.conformance.strategies import llm_like_layer  # noqa: E402
+from rac.conformance.adapters import llmcompressor as ports_llmcompressor  # noqa: E402
+from rac.conformance.checking.strategies import llm_like_layer  # noqa: E402
 
 SIZES = (1024, 4096)
 SETTINGS = {"unstructured": dict(sparsity=0.5), "2:4": dict(pattern="2:4")}
@@ -49,7 +49,7 @@ IMPLEMENTATIONS = {
     "reference": lambda: _ours("reference"),
 }
 
-layer = llm_like_layer  # the shared recipe (rac.conformance.strategies)
+layer = llm_like_layer  # the shared recipe (rac.conformance.checking.strategies)
 
 
 def objective(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:

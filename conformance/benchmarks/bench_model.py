@@ -99,7 +99,7 @@ def phase2_flops(model, tokens: int, seq_len: int) -> dict:
     """FLOPs Phase II cannot avoid with SparseGPT and sequential propagation (per the design):
     Hessians 2 N in^2 per distinct input (q/k/v share one, gate/up share one), two block forward
     passes (2 N per weight each, plus causal attention 2 N T d), and the sweeps 2 out in^2."""
-    from rac.reference._hf import decoder_blocks
+    from rac.reference.contract.models import decoder_blocks
 
     hessian = forward = sweep = 0
     for block in decoder_blocks(model):
@@ -123,7 +123,7 @@ _FIXTURE: dict = {}
 
 
 def fixture_calibration():
-    from rac.conformance.fixture_models import fresh, problems, tokenizer
+    from rac.conformance.checking.fixture_models import fresh, problems, tokenizer
     from rac.fast import collect_calibration
 
     if "calib" not in _FIXTURE:
@@ -137,15 +137,21 @@ def fixture_calibration():
 def test_phase1_fixture(benchmark, impl):
     import importlib
 
-    from rac.conformance.fixture_models import fresh, problems, tokenizer
+    from rac.conformance.checking.fixture_models import fresh, problems, tokenizer
 
     collect = importlib.import_module(f"rac.{impl}").collect_calibration
     model, tok = fresh("qwen3"), tokenizer("qwen3")
     prompts = list(problems(4 if QUICK else 16))
     new = 8 if QUICK else 64
-    result = benchmark.pedantic(lambda: collect(model, tok, prompts, mode="rac", max_new_tokens=new), rounds=1 if QUICK else 3)
-    benchmark.extra_info.update(generated_tokens=result.count("decode"), prompts=len(prompts), device=str(DEVICE),
-                                threads=torch.get_num_threads(), load=os.getloadavg()[0])
+    result = benchmark.pedantic(lambda: collect(model, tok, prompts, mode="rac", max_new_tokens=new),
+                                rounds=1 if QUICK else 3)
+    benchmark.extra_info.update(
+        generated_tokens=result.count("decode"),
+        prompts=len(prompts),
+        device=str(DEVICE),
+        threads=torch.get_num_threads(),
+        load=os.getloadavg()[0],
+    )
 
 
 @pytest.mark.benchmark(group="phase2-fixture")
@@ -153,14 +159,16 @@ def test_phase1_fixture(benchmark, impl):
 def test_phase2_fixture(benchmark, impl):
     import importlib
 
-    from rac.conformance.fixture_models import fresh
+    from rac.conformance.checking.fixture_models import fresh
 
     compress = importlib.import_module(f"rac.{impl}").compress
     calib = fixture_calibration()
-    benchmark.pedantic(lambda: compress(fresh("qwen3"), calib, method="sparsegpt", sparsity=0.5),
-                       rounds=1 if QUICK else 3)
-    benchmark.extra_info.update(tokens=calib.num_tokens, device=str(DEVICE), threads=torch.get_num_threads(),
-                                load=os.getloadavg()[0])
+    benchmark.pedantic(
+        lambda: compress(fresh("qwen3"), calib, method="sparsegpt", sparsity=0.5), rounds=1 if QUICK else 3
+    )
+    benchmark.extra_info.update(
+        tokens=calib.num_tokens, device=str(DEVICE), threads=torch.get_num_threads(), load=os.getloadavg()[0]
+    )
 
 
 # --------------------------------------------------------------------------- Phase II at a real width
@@ -189,9 +197,15 @@ def test_phase2_shape(benchmark):
     flops = phase2_flops(model, calib.num_tokens, SEQ_LEN)
     rate = max(rates)
     lower = sum(flops.values()) / rate
-    benchmark.extra_info.update(shape=dict(hidden=hidden, intermediate=inter, blocks=blocks, tokens=calib.num_tokens),
-                                flops=flops, gemm_flops_per_s=rate, lower_bound_s=lower, device=str(DEVICE),
-                                threads=torch.get_num_threads(), load=os.getloadavg()[0])
+    benchmark.extra_info.update(
+        shape=dict(hidden=hidden, intermediate=inter, blocks=blocks, tokens=calib.num_tokens),
+        flops=flops,
+        gemm_flops_per_s=rate,
+        lower_bound_s=lower,
+        device=str(DEVICE),
+        threads=torch.get_num_threads(),
+        load=os.getloadavg()[0],
+    )
 
 
 # --------------------------------------------------------------------------- Phase II memory against N
@@ -230,16 +244,28 @@ def _memory_child(tokens: int) -> dict:
     seconds = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() if DEVICE.type == "cuda" else _status_bytes("VmHWM")
     store = calib.num_tokens * hidden * 4
-    return {"tokens": calib.num_tokens, "baseline_bytes": base, "peak_bytes": peak, "store_bytes": store,
-            "working_bytes": peak - base - store, "seconds": seconds, "device": str(DEVICE)}
+    return {
+        "tokens": calib.num_tokens,
+        "baseline_bytes": base,
+        "peak_bytes": peak,
+        "store_bytes": store,
+        "working_bytes": peak - base - store,
+        "seconds": seconds,
+        "device": str(DEVICE),
+    }
 
 
 @pytest.mark.benchmark(group="phase2-memory")
 @pytest.mark.parametrize("tokens", MEMORY_TOKENS)
 def test_phase2_memory(benchmark, tokens):
     def child():
-        out = subprocess.run([sys.executable, __file__, "memory", str(tokens)], capture_output=True, text=True,
-                             check=True, env=dict(os.environ))
+        out = subprocess.run(
+            [sys.executable, __file__, "memory", str(tokens)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ),
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     result = benchmark.pedantic(child, rounds=1)

@@ -35,22 +35,32 @@ def main() -> None:
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     scores = torch.rand(4096, 4096, generator=g)
-    print(f"selection per row (k = 2048 of 4096, 4096 rows): kthvalue {best(lambda: prune_lowest_rows(scores, 2048)):.3f} s, "
-          f"stable sort {best(lambda: sort_lowest_rows(scores, 2048)):.3f} s")
+    print(
+        "selection per row (k = 2048 of 4096, 4096 rows): kthvalue "
+        f"{best(lambda: prune_lowest_rows(scores, 2048)):.3f} s, "
+        f"stable sort {best(lambda: sort_lowest_rows(scores, 2048)):.3f} s"
+    )
     flat = scores.reshape(-1)
-    print(f"selection layer-wide (k = 8.4M of 16.8M): kthvalue {best(lambda: prune_lowest(scores, 2**23), 3):.3f} s, "
-          f"stable sort {best(lambda: sort_lowest(flat, 2**23), 3):.3f} s")
+    print(
+        f"selection layer-wide (k = 8.4M of 16.8M): kthvalue {best(lambda: prune_lowest(scores, 2**23), 3):.3f} s, "
+        f"stable sort {best(lambda: sort_lowest(flat, 2**23), 3):.3f} s"
+    )
     w, keep = torch.randn(4096, generator=g), torch.rand(4096, generator=g) < 0.5
     pruned = (~keep).float()
     t_fill = best(lambda: w.masked_fill(keep, 0.0), inner=200)
     t_mul = best(lambda: w * pruned, inner=200)
-    print(f"one column's mask (4096 outputs): bool masked_fill {t_fill * 1e6:.1f} us, multiply by 0/1 {t_mul * 1e6:.1f} us")
+    print(
+        f"one column's mask (4096 outputs): bool masked_fill {t_fill * 1e6:.1f} us, multiply by 0/1 "
+        f"{t_mul * 1e6:.1f} us"
+    )
     group = torch.rand(4, 4096, generator=g)
     t_sort = best(lambda: sort_lowest_rows(group.T, 2), inner=50)
     t_bc = best(lambda: _rank_broadcast(group) >= 2, inner=50)
     t_loop = best(lambda: _rank_loop(group) >= 2, inner=50)
-    print(f"ranking one 2:4 group of 4096 outputs: stable sort {t_sort * 1e6:.0f} us, broadcast {t_bc * 1e6:.0f} us, "
-          f"loop {t_loop * 1e6:.0f} us")
+    print(
+        f"ranking one 2:4 group of 4096 outputs: stable sort {t_sort * 1e6:.0f} us, broadcast {t_bc * 1e6:.0f} us, "
+        f"loop {t_loop * 1e6:.0f} us"
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import torch
 
 import rac.fast
 import rac.fast.alps as fast_alps
-from rac.conformance.oracles import residual
-from rac.conformance.strategies import make_layer
+from rac.conformance.checking.oracles import residual
+from rac.conformance.checking.strategies import make_layer
 from rac.fast.factor import inverse_cholesky_upper
 from rac.reference import prune_layer as ref_prune
 
@@ -38,9 +38,12 @@ def factor_errors() -> None:
             def rel(A, U=U):
                 return float((A - U).norm() / U.norm())
 
-            print(f"factor: n=1024 tokens={tokens} outliers={outliers} d={d} cond(H_d)={float(ev.max() / ev.min()):.3g}: "
-                  f"float32 factorisation {rel(U_32):.2g}, float64 factorisation of the float32-rounded H {rel(U_h32):.2g} "
-                  "(relative Frobenius error of U)")
+            print(
+                f"factor: n=1024 tokens={tokens} outliers={outliers} d={d} cond(H_d)={float(ev.max() / ev.min()):.3g}: "
+                f"float32 factorisation {rel(U_32):.2g}, float64 factorisation of the float32-rounded H "
+                f"{rel(U_h32):.2g} "
+                "(relative Frobenius error of U)"
+            )
 
 
 def alps_near_tie() -> None:
@@ -54,9 +57,12 @@ def alps_near_tie() -> None:
         finally:
             fast_alps.ADMM_DTYPE = torch.float64
         gap = (residual(layer.W, result.weight, layer.X) - residual(layer.W, ref.weight, layer.X)) / energy
-        print(f"alps: {layer.repro} 2:4, ADMM in {dtype}: {int((result.mask != ref.mask).sum())} mask entries differ "
-              f"from the reference, objective - reference = {gap:.3g} of ||WX||^2, iterations {result.info['iterations']} "
-              f"(reference {ref.info['iterations']})")
+        print(
+            f"alps: {layer.repro} 2:4, ADMM in {dtype}: {int((result.mask != ref.mask).sum())} mask entries differ "
+            f"from the reference, objective - reference = {gap:.3g} of ||WX||^2, iterations "
+            f"{result.info['iterations']} "
+            f"(reference {ref.info['iterations']})"
+        )
 
 
 if __name__ == "__main__":

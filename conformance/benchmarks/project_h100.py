@@ -87,21 +87,37 @@ def auto_batch(shape: str) -> int:
     model = meta_model(shape)
     c = model.config
     weight_bytes = sum(p.numel() for p in model.parameters()) * 2
-    kv_per_seq = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 2 * (PROMPT_LEN + TRACE)
+    kv_per_seq = (
+        2
+        * c.num_hidden_layers
+        * c.num_key_value_heads
+        * (c.hidden_size // c.num_attention_heads)
+        * 2
+        * (PROMPT_LEN + TRACE)
+    )
     return max(1, min(256, int((H100["memory"] - weight_bytes) / 2 // kv_per_seq)))
 
 
 if __name__ == "__main__":
     print(f"H100 SXM5 datasheet rates: {H100}; {PROMPTS} prompts x ({PROMPT_LEN} + {TRACE}) tokens")
     p2 = phase2("7B")
-    print(f"Phase II 7B: {p2['tokens']:,} tokens; FLOPs " + ", ".join(f"{k} {v:.3g}" for k, v in p2["flops"].items())
-          + f", factorisation {factorisation_flops(meta_model('7B')):.3g}")
-    print("  seconds at datasheet rate: " + ", ".join(f"{k} {v:.1f}" for k, v in p2["seconds"].items())
-          + f"; lower bound {p2['lower_bound_s']:.0f} s")
+    print(
+        f"Phase II 7B: {p2['tokens']:,} tokens; FLOPs "
+        + ", ".join(f"{k} {v:.3g}" for k, v in p2["flops"].items())
+        + f", factorisation {factorisation_flops(meta_model('7B')):.3g}"
+    )
+    print(
+        "  seconds at datasheet rate: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in p2["seconds"].items())
+        + f"; lower bound {p2['lower_bound_s']:.0f} s"
+    )
     for shape in ("1.5B", "7B"):
         b = auto_batch(shape)
         r = phase1(shape, b)
-        print(f"Phase I {shape}: batch {b} (auto), weights {r['weight_GB']:.1f} GB, KV at full length {r['kv_full_GB']:.1f} GB, "
-              f"bandwidth-bound step {r['bandwidth_step_ms']:.1f} ms -> {r['tokens_per_s_bandwidth']:,.0f} tok/s; "
-              f"with an eager step of {EAGER_STEP_S[0]*1e3:.0f}-{EAGER_STEP_S[1]*1e3:.0f} ms: "
-              f"{r['tokens_per_s_eager'][0]:,.0f}-{r['tokens_per_s_eager'][1]:,.0f} tok/s")
+        print(
+            f"Phase I {shape}: batch {b} (auto), weights {r['weight_GB']:.1f} GB, KV at full length "
+            f"{r['kv_full_GB']:.1f} GB, "
+            f"bandwidth-bound step {r['bandwidth_step_ms']:.1f} ms -> {r['tokens_per_s_bandwidth']:,.0f} tok/s; "
+            f"with an eager step of {EAGER_STEP_S[0] * 1e3:.0f}-{EAGER_STEP_S[1] * 1e3:.0f} ms: "
+            f"{r['tokens_per_s_eager'][0]:,.0f}-{r['tokens_per_s_eager'][1]:,.0f} tok/s"
+        )

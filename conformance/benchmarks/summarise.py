@@ -34,16 +34,21 @@ def layer_table(benchmarks: list) -> list:
         if "impl" not in e:
             continue
         rows[(e["size"], e["method"], e["setting"], e["impl"])] = (b["stats"]["min"], e)
-    lines = ["| size | method | setting | impl | time (s) | bound (s) | x bound | speed-up | objective / tr(WHWᵀ) | load | run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| size | method | setting | impl | time (s) | bound (s) | x bound | speed-up "
+        "| objective / tr(WHWᵀ) | load | run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for (size, method, setting, impl), (t, e) in sorted(rows.items()):
         ref = rows.get((size, method, setting, "reference"))
         speed = _fmt(ref[0] / t) + "x" if impl == "fast" and ref else ""
         if speed and ref[1].get("run", 1) != e.get("run", 1):
             speed += " (runs differ)"  # machine load differed between the runs: compare the bounds too
         bound = e["lower_bound_s"]
-        lines.append(f"| {size} | {method} | {setting} | {impl} | {_fmt(t)} | {_fmt(bound)} | {_fmt(t / bound)} | "
-                     f"{speed} | {e['objective_relative']:.6g} | {e['loadavg_1min']:.1f} | {e.get('run', 1)} |")
+        lines.append(
+            f"| {size} | {method} | {setting} | {impl} | {_fmt(t)} | {_fmt(bound)} | {_fmt(t / bound)} | "
+            f"{speed} | {e['objective_relative']:.6g} | {e['loadavg_1min']:.1f} | {e.get('run', 1)} |"
+        )
     return lines
 
 
@@ -56,8 +61,10 @@ def other_table(benchmarks: list, key: str, title: str) -> list:
         e = b["extra_info"]
         label = e[key] + (f", {e['dtype']}" if "dtype" in e else "")
         t = b["stats"]["min"]
-        lines.append(f"| {e['size']} | {label} | {_fmt(t)} | {_fmt(e['lower_bound_s'])} | {_fmt(t / e['lower_bound_s'])} | "
-                     f"{e['loadavg_1min']:.1f} |")
+        lines.append(
+            f"| {e['size']} | {label} | {_fmt(t)} | {_fmt(e['lower_bound_s'])} | {_fmt(t / e['lower_bound_s'])} | "
+            f"{e['loadavg_1min']:.1f} |"
+        )
     return lines
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rac.conformance._fast import fast_fixture  # noqa: F401
+from rac.conformance.checking.fast_checks import fast_fixture  # noqa: F401
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,4 +1,4 @@
-"""Deliberately broken ports for the self-test (docs/spec.md SELF-1; ``python -m rac.conformance.selftest``).
+"""Deliberately broken ports for the self-test (docs/spec.md SELF-1; ``python -m rac.conformance.harness.selftest``).
 
 Every mutant is the reference with exactly one plausible bug, at one level of
 the port protocol; the suite must reject it and name a requirement it was built

@@ -89,25 +89,21 @@ def _no_restore_on_error(model, calibration, **kw):
         return compress(model, calibration, **kw)
 
 
-class _ShapeGroupedAccumulator(C.HessianAccumulator):
+class _ShapeGroupedInputs(C.InputGroups):
     """Linears grouped by the shape of their input, not by the input itself: o_proj joins q/k/v."""
 
-    def hook(self, name):
-        def fn(module, args):
-            x = args[0]
-            if name not in self.group_of:
-                same = [leader for seen, leader in self._seen if seen.shape == x.shape]
-                self.group_of[name] = same[0] if same else name
-            leader = self.group_of[name]
-            if leader == name:
-                self._seen.append((x, name))
-                self.accumulate(name, x)
-
-        return fn
+    def leader(self, name, x):
+        if name not in self.group_of:
+            same = [leader for seen, leader in self._seen if seen.shape == x.shape]
+            self.group_of[name] = same[0] if same else name
+        if self.group_of[name] == name:
+            self._seen.append((x, name))
+            return None
+        return self.group_of[name]
 
 
 def _hessian_grouped_by_shape(model, calibration, **kw):
-    with patched(C, HessianAccumulator=_ShapeGroupedAccumulator):
+    with patched(C, InputGroups=_ShapeGroupedInputs):
         return compress(model, calibration, **kw)
 
 
@@ -116,18 +112,36 @@ def _m(name, fn, ids, bug):
 
 
 MUTANTS = {
-    "model_padding_in_hessian": _m("model_padding_in_hessian", _padding_in_hessian, {"P2-4"}, "padding tokens counted in H"),
-    "model_last_token_dropped": _m("model_last_token_dropped", _last_token_dropped, {"P2-4", "P2-7"},
-                                   "last token of every sequence left out of H"),
-    "model_sequential_runs_dense": _m("model_sequential_runs_dense", _sequential_runs_dense, {"P2-5", "P2-6"},
-                                      "dense propagation when sequential was asked"),
-    "model_objective_on_dense_inputs": _m("model_objective_on_dense_inputs", _objective_on_dense_inputs, {"P2-6"},
-                                          "reported objective measured on the wrong (dense) inputs"),
-    "model_lm_head_pruned": _m("model_lm_head_pruned", _lm_head_pruned_too, {"P2-2"}, "a non-target (LM head) modified"),
-    "model_no_restore_on_error": _m("model_no_restore_on_error", _no_restore_on_error, {"P2-9"},
-                                    "weights pruned before an error are left behind"),
-    "model_hessian_grouped_by_shape": _m("model_hessian_grouped_by_shape", _hessian_grouped_by_shape, {"P2-3"},
-                                         "H shared by input shape, not input (o_proj uses q/k/v's H)"),
+    "model_padding_in_hessian": _m(
+        "model_padding_in_hessian", _padding_in_hessian, {"P2-4"}, "padding tokens counted in H"
+    ),
+    "model_last_token_dropped": _m(
+        "model_last_token_dropped", _last_token_dropped, {"P2-4", "P2-7"}, "last token of every sequence left out of H"
+    ),
+    "model_sequential_runs_dense": _m(
+        "model_sequential_runs_dense",
+        _sequential_runs_dense,
+        {"P2-5", "P2-6"},
+        "dense propagation when sequential was asked",
+    ),
+    "model_objective_on_dense_inputs": _m(
+        "model_objective_on_dense_inputs",
+        _objective_on_dense_inputs,
+        {"P2-6"},
+        "reported objective measured on the wrong (dense) inputs",
+    ),
+    "model_lm_head_pruned": _m(
+        "model_lm_head_pruned", _lm_head_pruned_too, {"P2-2"}, "a non-target (LM head) modified"
+    ),
+    "model_no_restore_on_error": _m(
+        "model_no_restore_on_error", _no_restore_on_error, {"P2-9"}, "weights pruned before an error are left behind"
+    ),
+    "model_hessian_grouped_by_shape": _m(
+        "model_hessian_grouped_by_shape",
+        _hessian_grouped_by_shape,
+        {"P2-3"},
+        "H shared by input shape, not input (o_proj uses q/k/v's H)",
+    ),
 }
 
 globals().update({name: m.port for name, m in MUTANTS.items()})

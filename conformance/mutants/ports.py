@@ -12,10 +12,11 @@ import torch
 
 import rac.reference as ref
 from rac.reference import masks, sparsegpt
-from rac.reference._validate import parse_pattern
+from rac.reference.contract import patterns
+from rac.reference.contract.patterns import parse_pattern
 from rac.reference.prune import PruneResult
 
-from . import Mutant, reference_port
+from . import Mutant, patched, reference_port
 
 
 def _port(name, prune_layer, hessian=ref.hessian):
@@ -47,14 +48,11 @@ def _nm_pruned_reading(W, H, *, method, sparsity=None, pattern="unstructured", *
 
 def _float_floor(W, H, *, method, sparsity=None, pattern="unstructured", **options):
     """Counts with float arithmetic: floor(0.29 * 100) = 28."""
-    original = ref._validate.pruned_count
-    try:
-        ref._validate.pruned_count = lambda s, n: math.floor(s * n)
-        masks.pruned_count = ref._validate.pruned_count
+    def float_floor(s, n):
+        return math.floor(s * n)
+
+    with patched(patterns, pruned_count=float_floor), patched(masks, pruned_count=float_floor):
         return ref.prune_layer(W, H, method=method, sparsity=sparsity, pattern=pattern, **options)
-    finally:
-        ref._validate.pruned_count = original
-        masks.pruned_count = original
 
 
 def _ties_high_index(W, H, *, method, sparsity=None, pattern="unstructured", **options):
@@ -195,24 +193,84 @@ def _hessian_counts_padding(X, weights=None):
 #: name -> (port object, requirement IDs the suite must report failing, the bug)
 _TABLE = {
     "off_by_one_count": (_port("off_by_one_count", _off_by_one), {"CNT-1"}, "one weight too many pruned per group"),
-    "nm_reads_n_as_pruned": (_port("nm_reads_n_as_pruned", _nm_pruned_reading), {"NM-2"}, "N:M read the other way round"),
+    "nm_reads_n_as_pruned": (
+        _port("nm_reads_n_as_pruned", _nm_pruned_reading),
+        {"NM-2"},
+        "N:M read the other way round",
+    ),
     "float_floor_count": (_port("float_floor_count", _float_floor), {"CNT-3"}, "floor(s*n) in float arithmetic"),
-    "ties_high_index_first": (_port("ties_high_index_first", _ties_high_index), {"TIE-1"}, "ties pruned higher index first"),
-    "wanda_squared_norm": (_port("wanda_squared_norm", _wanda_unsquared_norm), {"WANDA-1"}, "Wanda with ||X_j||^2 instead of ||X_j||"),
-    "wanda_layer_group": (_port("wanda_layer_group", _wanda_layer_group), {"CNT-1"}, "Wanda compared per layer, not per row"),
-    "sparsegpt_no_update": (_port("sparsegpt_no_update", _sparsegpt_variant(obs_update=_no_update)), {"SGPT-1"}, "no OBS update"),
-    "sparsegpt_wrong_sign": (_port("sparsegpt_wrong_sign", _sparsegpt_variant(obs_update=_wrong_sign_update)), {"SGPT-1"}, "OBS update with the wrong sign"),
-    "sparsegpt_unscaled_error": (_port("sparsegpt_unscaled_error", _sparsegpt_variant(obs_update=_unscaled_update)), {"SGPT-1"}, "error not divided by U_ii"),
-    "sparsegpt_unsquared_diag": (_port("sparsegpt_unsquared_diag", _sparsegpt_variant(obs_scores=_unsquared_scores)), {"SGPT-1"}, "diag(Hinv) used where its square belongs"),
-    "sparsegpt_absolute_dampening": (_port("sparsegpt_absolute_dampening", _sparsegpt_variant(damped_hessian=_absolute_dampening)), {"SGPT-2", "INV-1"}, "dampening not relative to mean diag H"),
-    "sparsegpt_no_dampening": (_port("sparsegpt_no_dampening", _sparsegpt_variant(damped_hessian=_no_dampening)), {"SGPT-1"}, "no dampening"),
-    "sparsegpt_dead_inputs_scored": (_port("sparsegpt_dead_inputs_scored", _sparsegpt_variant(dead_inputs=_dead_not_handled)), {"DEAD-2"}, "dead inputs mishandled"),
-    "sparsegpt_silent_cholesky_fallback": (_port("sparsegpt_silent_cholesky_fallback", _sparsegpt_variant(factor_with_recovery=_silent_identity_fallback)), {"SGPT-8"}, "a Cholesky failure silently falls back to identity"),
-    "pruned_not_exactly_zero": (_port("pruned_not_exactly_zero", _pruned_not_exactly_zero), {"GEN-2"}, "pruned entries left at 1e-30"),
+    "ties_high_index_first": (
+        _port("ties_high_index_first", _ties_high_index),
+        {"TIE-1"},
+        "ties pruned higher index first",
+    ),
+    "wanda_squared_norm": (
+        _port("wanda_squared_norm", _wanda_unsquared_norm),
+        {"WANDA-1"},
+        "Wanda with ||X_j||^2 instead of ||X_j||",
+    ),
+    "wanda_layer_group": (
+        _port("wanda_layer_group", _wanda_layer_group),
+        {"CNT-1"},
+        "Wanda compared per layer, not per row",
+    ),
+    "sparsegpt_no_update": (
+        _port("sparsegpt_no_update", _sparsegpt_variant(obs_update=_no_update)),
+        {"SGPT-1"},
+        "no OBS update",
+    ),
+    "sparsegpt_wrong_sign": (
+        _port("sparsegpt_wrong_sign", _sparsegpt_variant(obs_update=_wrong_sign_update)),
+        {"SGPT-1"},
+        "OBS update with the wrong sign",
+    ),
+    "sparsegpt_unscaled_error": (
+        _port("sparsegpt_unscaled_error", _sparsegpt_variant(obs_update=_unscaled_update)),
+        {"SGPT-1"},
+        "error not divided by U_ii",
+    ),
+    "sparsegpt_unsquared_diag": (
+        _port("sparsegpt_unsquared_diag", _sparsegpt_variant(obs_scores=_unsquared_scores)),
+        {"SGPT-1"},
+        "diag(Hinv) used where its square belongs",
+    ),
+    "sparsegpt_absolute_dampening": (
+        _port("sparsegpt_absolute_dampening", _sparsegpt_variant(damped_hessian=_absolute_dampening)),
+        {"SGPT-2", "INV-1"},
+        "dampening not relative to mean diag H",
+    ),
+    "sparsegpt_no_dampening": (
+        _port("sparsegpt_no_dampening", _sparsegpt_variant(damped_hessian=_no_dampening)),
+        {"SGPT-1"},
+        "no dampening",
+    ),
+    "sparsegpt_dead_inputs_scored": (
+        _port("sparsegpt_dead_inputs_scored", _sparsegpt_variant(dead_inputs=_dead_not_handled)),
+        {"DEAD-2"},
+        "dead inputs mishandled",
+    ),
+    "sparsegpt_silent_cholesky_fallback": (
+        _port("sparsegpt_silent_cholesky_fallback", _sparsegpt_variant(factor_with_recovery=_silent_identity_fallback)),
+        {"SGPT-8"},
+        "a Cholesky failure silently falls back to identity",
+    ),
+    "pruned_not_exactly_zero": (
+        _port("pruned_not_exactly_zero", _pruned_not_exactly_zero),
+        {"GEN-2"},
+        "pruned entries left at 1e-30",
+    ),
     "modifies_input": (_port("modifies_input", _modifies_input), {"GEN-4"}, "W modified in place"),
     "no_validation": (_port("no_validation", _no_validation), {"GEN-5"}, "bad sparsity clamped, not rejected"),
-    "hessian_token_order": (_port("hessian_token_order", ref.prune_layer, _hessian_order_dependent), {"HES-2"}, "H depends on token order"),
-    "hessian_counts_padding": (_port("hessian_counts_padding", ref.prune_layer, _hessian_counts_padding), {"HES-4"}, "padding tokens counted in H"),
+    "hessian_token_order": (
+        _port("hessian_token_order", ref.prune_layer, _hessian_order_dependent),
+        {"HES-2"},
+        "H depends on token order",
+    ),
+    "hessian_counts_padding": (
+        _port("hessian_counts_padding", ref.prune_layer, _hessian_counts_padding),
+        {"HES-4"},
+        "padding tokens counted in H",
+    ),
 }
 
 MUTANTS = {name: Mutant(port, "layer", ids, bug) for name, (port, ids, bug) in _TABLE.items()}

@@ -3,7 +3,7 @@
 Each ```python block of the page whose first line is ``# LC-n`` runs after the
 ``# setup`` block, in a fresh namespace; its asserts state the deviation. When
 llm-compressor changes and a block stops reproducing, its test fails and the
-page (and conformance/ports_llmcompressor.xfail) must be updated.
+page (and conformance/adapters/llmcompressor.xfail) must be updated.
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ def test_their_sweep_is_the_obs_sweep_given_their_masks():
     its own masks (SGPT-1's oracle and float32 tolerance), on 175 layers x 3 settings; LC-1 is only the count."""
     import torch
 
-    from rac.conformance import ports_llmcompressor as port
-    from rac.conformance.oracles import sparsegpt_replay
-    from rac.conformance.strategies import make_layer
-    from rac.conformance.tolerances import score_rtol, sweep_rtol
+    from rac.conformance.adapters import llmcompressor as port
+    from rac.conformance.checking.oracles import sparsegpt_replay
+    from rac.conformance.checking.strategies import make_layer
+    from rac.conformance.checking.tolerances import score_rtol, sweep_rtol
     from rac.reference import parse_pattern
 
     eps = float(torch.finfo(torch.float32).eps)

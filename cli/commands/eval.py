@@ -1,0 +1,127 @@
+"""``rac eval``: acc@1 and thinking length of a causal LM on math problems (spec EVAL-*).
+
+    rac eval --model DIR --problems FILE [--max-new-tokens N] [--samples K] [--out FILE]
+
+Prints acc@1 with its standard error, the answered fraction (and how many replies never
+closed ``</think>`` or never boxed an answer), mean and median thinking tokens, tokens/s
+and wall time; ``--out`` also writes them, the settings and every generation as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rac.cli.atomic import atomic_file
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def format_summary(s: dict) -> str:
+    c = s["counts"]
+    lines = [
+        f"problems {s['problems']} x samples {s['samples']}",
+        f"acc@1          {s['acc@1']:.3f} (SE {s['se']:.3f})",
+        f"answered       {s['answered']:.3f}  (correct {c['correct']}, wrong {c['wrong']}, "
+        f"never closed </think> {c['no_think_close']}, no \\boxed{{}} {c['no_boxed']}; "
+        f"{s['stopped_at_limit']} hit max-new-tokens)",
+        f"thinking tok   mean {s['thinking_tokens_mean']:.1f}, median {s['thinking_tokens_median']:g}",
+        f"throughput     {s['tokens_per_s']:,.1f} generated tokens/s ({s['generated_tokens']:,} tokens)",
+        f"wall time      {s['wall_time_s']:.1f} s (generation {s['generation_time_s']:.1f} s)",
+    ]
+    if "acc@1_by_kind" in s:
+        lines.append("by kind        " + ", ".join(f"{k} {v:.3f}" for k, v in s["acc@1_by_kind"].items()))
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder, so an
+    interrupted run never leaves a half-written file."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+
+
+def run(args) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rac.cli.eval_data import load_problems
+
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+    if args.out is not None and args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"--out {args.out} exists; pass --overwrite to replace it")
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"--model {args.model}: not a directory (a Hugging Face model folder is expected)")
+    problems = load_problems(args.problems, split=args.split, limit=args.limit)
+    tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer or model_dir))
+    if not args.no_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"the tokenizer of {args.tokenizer or model_dir} has no chat template; "
+                         "pass --no-chat-template to feed each problem's raw text")
+    torch_dtype = getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype).to(args.device)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _evaluate_and_report(args, model, tokenizer, problems, model_dir)
+    finally:
+        torch.set_num_threads(threads)  # rac eval may run inside another program (tests)
+
+
+def _evaluate_and_report(args, model, tokenizer, problems, model_dir) -> int:
+    from rac.cli.evaluate import evaluate
+
+    def progress(done, total):
+        if not args.quiet:
+            print(f"\r{done}/{total} generations", end="" if done < total else "\n", flush=True)
+
+    result = evaluate(model, tokenizer, problems, max_new_tokens=args.max_new_tokens, samples=args.samples,
+                      temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                      chat_template=not args.no_chat_template, instruction=args.instruction,
+                      use_math_verify=False if args.no_math_verify else None, progress=progress)
+    summary = result.summary()
+    summary["settings"].update({"model": str(model_dir), "problems": str(args.problems), "split": args.split,
+                                "dtype": args.dtype, "device": args.device})
+    print(format_summary(summary))
+    if args.out is not None:
+        write_json_atomic(args.out, {"summary": summary, "generations": result.records()})
+        print(f"wrote {args.out}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="acc@1 (SE), thinking tokens and throughput of a model on math problems")
+    p.add_argument("--model", required=True, help="Hugging Face model directory (config, weights, tokenizer)")
+    p.add_argument("--problems", required=True,
+                   help="problems: a .jsonl/.json file, or (with the datasets package) a data file, a dataset "
+                        "directory or a Hugging Face dataset name")
+    p.add_argument("--split", default="test", help="dataset split for dataset sources (default: test)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    p.add_argument("--max-new-tokens", type=int, default=2048, help="generation limit per reply (default 2048)")
+    p.add_argument("--samples", type=int, default=1, help="replies per problem; acc@1 is their mean (default 1)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); R1 distills are evaluated at 0.6 with --top-p 0.95")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed; batch b uses seed + b")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--instruction", default=None,
+                   help="text appended to every problem after a blank line, e.g. 'Please reason step by step, "
+                        "and put your final answer within \\boxed{}.'")
+    p.add_argument("--no-chat-template", action="store_true",
+                   help="feed the raw problem text instead of the chat-templated user turn")
+    p.add_argument("--no-math-verify", action="store_true",
+                   help="grade by exact match after normalisation even if math-verify is installed")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", type=Path, default=None, help="write the summary and every generation as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=run)

@@ -1,0 +1,361 @@
+"""``rac prune``: Algorithm 1 end to end on a Hugging Face model directory (spec CLI-*).
+
+    rac prune --model DIR --prompts FILE --calibration rac --method sparsegpt --sparsity 0.5 --out DIR
+
+Phase I (calibration) and Phase II (compression) each show a progress bar on stderr;
+a summary table ends the run; ``--out`` gets the pruned model (safetensors), its
+tokenizer and ``report.json``. With no ``--model`` the bundled toy reasoner is pruned
+(calibrated on its training problems, evaluated before and after on held-out ones), so
+the command works on a fresh machine with nothing downloaded. ``--eval-problems`` adds
+the before/after evaluation (acc@1 with SE, thinking tokens) for any model.
+
+Everything that can be checked before the work starts is checked first (the output
+directory, the files, the pattern against every target), so a mistake costs seconds,
+not a Phase I.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+#: Defaults with no --model: the bundled toy reasoner, 64 of its training problems for calibration,
+#: 100 of its held-out problems for the before/after evaluation.
+DEFAULT_CALIBRATION_PROMPTS = 64
+DEFAULT_EVAL_PROBLEMS = 100
+
+
+def add_parser(sub) -> None:
+    from rac.reference.calibration import MODES
+    from rac.reference.contract import registry
+
+    p = sub.add_parser("prune", help="prune a model with RAC (Phase I calibration + Phase II layer-wise pruning)",
+                       description=__doc__.split("\n\n")[1])
+    src = p.add_argument_group("model and data")
+    src.add_argument("--model", help="save_pretrained directory (default: the bundled toy reasoner)")
+    src.add_argument("--prompts", help="problems, JSON lines with a 'problem' field (default: the bundled model's "
+                                       "training problems, or the fixture problems with --model)")
+    src.add_argument(
+        "--num-prompts",
+        type=int,
+        default=None,
+        help=f"use only the first N problems (default: all; {DEFAULT_CALIBRATION_PROMPTS} with the bundled model)",
+    )
+    src.add_argument("--traces", help="offpolicy: JSON lines {id, trace} matched to the problems' ids")
+    src.add_argument("--corpus", help="text: a plain-text corpus (default: the bundled corpus)")
+    src.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
+    cal = p.add_argument_group("Phase I: calibration")
+    cal.add_argument("--calibration", default="rac", choices=MODES)
+    cal.add_argument("--max-new-tokens", type=int, default=256, help="T_max: trace length limit (default 256)")
+    cal.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    cal.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
+    cal.add_argument("--top-p", type=float, default=1.0)
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--token-budget", type=int, default=None, help="total calibration tokens (the paper: 1M)")
+    cal.add_argument("--window", type=int, default=128, help="text mode: tokens per corpus window")
+    pr = p.add_argument_group("Phase II: pruning")
+    pr.add_argument(
+        "--method", default="sparsegpt", choices=registry.names(), help="a registered pruner (default: sparsegpt)"
+    )
+    pr.add_argument(
+        "--sparsity", type=float, default=None, help="unstructured sparsity (default 0.5 unless --pattern N:M)"
+    )
+    pr.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M, N kept of every M, e.g. 2:4")
+    pr.add_argument("--propagation", default="sequential", choices=("sequential", "dense"))
+    pr.add_argument(
+        "--blocks", default=None, help="all | first_third | last_third | first_last_third | comma-separated indices"
+    )
+    pr.add_argument("--targets", default=None, help="comma-separated module names or kinds, e.g. mlp or q_proj,k_proj")
+    pr.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option, e.g. blocksize=64 or dampening=0.1 (repeatable)",
+    )
+    pr.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="sequences per forward in Phase II (default: the implementation's, reference 1, fast 8)",
+    )
+    ev = p.add_argument_group("evaluation before and after pruning")
+    ev.add_argument(
+        "--eval-problems",
+        help="held-out problems (JSON lines with problem and answer); default: the "
+        "bundled model's test problems, none with --model",
+    )
+    ev.add_argument(
+        "--num-eval",
+        type=int,
+        default=None,
+        help=f"evaluate on the first N (default: all; {DEFAULT_EVAL_PROBLEMS} with the bundled model)",
+    )
+    ev.add_argument("--eval-max-new-tokens", type=int, default=512, help="reply length limit (default 512)")
+    ev.add_argument("--no-eval", action="store_true", help="skip the evaluation")
+    impl = p.add_argument_group("implementation")
+    impl.add_argument(
+        "--impl",
+        default="fast",
+        choices=("fast", "reference"),
+        help="fast: batched decoding, streamed Hessians, one block on the device at a time (default); "
+        "reference: float64, one token at a time, everything in memory",
+    )
+    impl.add_argument("--device", default="auto", help="fast: auto (CUDA if present, else CPU), cuda, cuda:1, cpu")
+    impl.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16"),
+        help="load the model in this dtype (default: as stored)",
+    )
+    impl.add_argument("--gen-batch-size", default="auto", help="fast Phase I: prompts decoded together (auto or N)")
+    impl.add_argument("--checkpoint-dir", default=None, help="fast Phase II: save each block there and resume from it")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", help="write the pruned model, tokenizer and report.json here")
+    out.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from rac import fixtures
+    from rac.reference.compress import check_compress_arguments
+    from rac.cli.data import align_traces, read_corpus, read_problems, read_traces
+    from rac.cli.export import export_pruned, load_model, load_tokenizer
+
+    sparsity, blocks, targets, options = _prune_arguments(args)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.overwrite:
+        raise FileExistsError(f"--out {out} already exists; choose another path or add --overwrite")
+    bundled = args.model is None
+    model_dir = Path(args.model) if args.model else fixtures.TOY_REASONER
+    problems = read_problems(
+        Path(args.prompts) if args.prompts else fixtures.TOY_TRAIN if bundled else fixtures.PROBLEMS
+    )
+    num_prompts = (
+        args.num_prompts if args.num_prompts is not None else (DEFAULT_CALIBRATION_PROMPTS if bundled else None)
+    )
+    if num_prompts is not None:
+        if num_prompts < 1:
+            raise ValueError(f"--num-prompts must be a positive integer, got {num_prompts}")
+        problems = problems[:num_prompts]
+    held_out = _eval_problems(args, bundled)
+    extra = {}
+    if args.calibration == "offpolicy":
+        if not args.traces:
+            raise ValueError("--traces FILE is required with --calibration offpolicy")
+        extra["traces"] = align_traces(problems, read_traces(args.traces))
+    if args.calibration == "text":
+        extra["corpus"] = read_corpus(Path(args.corpus) if args.corpus else fixtures.CORPUS)
+        extra["window"] = args.window
+
+    bars = not args.quiet
+    if not bars:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    collect_calibration, compress, phase1_extra, phase2_extra = _implementation(args)
+    torch.manual_seed(args.seed)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model = load_model(model_dir, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_tokenizer(model_dir)
+    prune_args = dict(
+        method=args.method,
+        sparsity=sparsity,
+        pattern=args.pattern,
+        propagation=args.propagation,
+        targets=targets,
+        blocks=blocks,
+        **options,
+    )
+    if args.batch_size is not None:
+        prune_args["batch_size"] = args.batch_size
+    check_compress_arguments(model, **prune_args)  # before Phase I: a typo costs seconds, not a calibration
+    extra.update(phase1_extra)
+    before = _evaluate(model, tokenizer, held_out, args, "dense") if held_out else None
+    started = time.perf_counter()
+    calib = collect_calibration(
+        model,
+        tokenizer,
+        [p["problem"] for p in problems],
+        mode=args.calibration,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        token_budget=args.token_budget,
+        progress=_bar("Phase I ", "prompts") if bars else None,
+        **extra,
+    )
+    phase1 = time.perf_counter() - started
+    started = time.perf_counter()
+    model, report = compress(
+        model, calib, progress=_bar("Phase II", "blocks") if bars else None, **prune_args, **phase2_extra
+    )
+    phase2 = time.perf_counter() - started
+    report["phase_seconds"] = {"calibration": phase1, "compression": phase2}
+    report["command"] = {
+        "model": str(model_dir),
+        "argv": sys.argv[1:],
+        **{k: v for k, v in vars(args).items() if k != "func"},
+    }
+    print(summary_table(report))
+    if held_out:
+        after = _evaluate(model, tokenizer, held_out, args, "pruned")
+        report["evaluation"] = {"dense": before, "pruned": after}
+        print(evaluation_table(before, after))
+    if out is not None:
+        export_pruned(model, tokenizer, out, report=report, overwrite=args.overwrite)
+        print(f"wrote {out} (safetensors, tokenizer, {out / 'report.json'})")
+    return 0
+
+
+def _eval_problems(args, bundled: bool):
+    """The held-out problems of the before/after evaluation, or None."""
+    from rac import fixtures
+    from rac.cli.eval_data import load_problems
+
+    if args.no_eval or (args.eval_problems is None and not bundled):
+        return None
+    problems = load_problems(args.eval_problems or fixtures.TOY_TEST)
+    n = args.num_eval if args.num_eval is not None else (DEFAULT_EVAL_PROBLEMS if bundled else None)
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"--num-eval must be a positive integer, got {n}")
+        problems = problems[:n]
+    if args.eval_max_new_tokens < 1:
+        raise ValueError(f"--eval-max-new-tokens must be a positive integer, got {args.eval_max_new_tokens}")
+    return problems
+
+
+def _evaluate(model, tokenizer, problems, args, what: str) -> dict:
+    """acc@1 (SE), thinking tokens and the rest of ``rac eval``'s summary, greedy."""
+    from rac.cli.evaluate import evaluate
+
+    result = evaluate(
+        model,
+        tokenizer,
+        problems,
+        max_new_tokens=args.eval_max_new_tokens,
+        progress=_bar(f"eval {what:<6}", "problems") if not args.quiet else None,
+    )
+    summary = result.summary()
+    summary.pop("settings", None)
+    return summary
+
+
+def evaluation_table(before: dict, after: dict) -> str:
+    """Accuracy and thinking length of the dense and the pruned model on the same held-out problems."""
+    rows = [f"{'held-out problems':<18} {'acc@1 (SE)':>15} {'answered':>9} {'thinking tokens':>16} {'hit limit':>10}"]
+    for name, s in (("dense", before), ("pruned", after)):
+        rows.append(
+            f"{name:<18} {s['acc@1']:>8.3f} ({s['se']:.3f}) {s['answered']:>9.3f} "
+            f"{s['thinking_tokens_mean']:>16.1f} {s['stopped_at_limit']:>10}"
+        )
+    return "\n".join([f"evaluation on {before['problems']} held-out problems (greedy):", *rows])
+
+
+def _implementation(args):
+    """(collect_calibration, compress, extra Phase I arguments, extra Phase II arguments) of --impl."""
+    if args.impl == "reference":
+        from rac.reference import collect_calibration, compress
+
+        return collect_calibration, compress, {}, {}
+    from rac.fast import collect_calibration, compress
+
+    gen = args.gen_batch_size
+    if gen != "auto":
+        try:
+            gen = int(gen)
+        except ValueError:
+            raise ValueError(f"--gen-batch-size must be 'auto' or a positive integer, got {gen!r}") from None
+    return (
+        collect_calibration,
+        compress,
+        {"batch_size": gen},
+        {"device": args.device, "checkpoint_dir": args.checkpoint_dir},
+    )
+
+
+def _prune_arguments(args):
+    """sparsity, blocks, targets and method options from the command line (checked by compress)."""
+    sparsity = args.sparsity
+    if sparsity is None and args.pattern == "unstructured":
+        sparsity = 0.5
+    blocks = args.blocks
+    if blocks is not None and blocks not in ("all", "first_third", "last_third", "first_last_third"):
+        try:
+            blocks = [int(b) for b in blocks.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"--blocks must be a scope name or comma-separated integers, got {args.blocks!r}"
+            ) from None
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option must look like KEY=VALUE, got {item!r}")
+        options[key.strip()] = _number(value.strip())
+    return sparsity, blocks, targets, options
+
+
+def _number(text: str):
+    """'64' -> 64, '0.1' -> 0.1, anything else stays a string (e.g. on_cholesky_failure=raise)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _bar(title: str, unit: str, width: int = 30):
+    """A progress callback drawing one line on stderr: title [####....] done/total unit, detail."""
+
+    def progress(done: int, total: int, detail: str = "") -> None:
+        filled = int(width * done / max(total, 1))
+        line = f"\r{title} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {unit}  {detail:<20}"
+        sys.stderr.write(line + ("\n" if done >= total else ""))
+        sys.stderr.flush()
+
+    return progress
+
+
+def summary_table(report: dict) -> str:
+    """The end-of-run table: one row per pruned linear, then totals (objectives relative to ||WX||^2)."""
+    cal = report["calibration"]
+    lines = [
+        f"RAC {report['method']} {report['pattern']}"
+        + (f" sparsity {report['sparsity']}" if report["sparsity"] is not None else "")
+        + f", {report['propagation']} propagation, calibration {cal.get('meta', {}).get('mode', '?')}: "
+        + f"{cal['sequences']} sequences, {cal['tokens']} tokens "
+        + "("
+        + ", ".join(f"{k} {cal[k]}" for k in ("text", "prompt", "decode", "offpolicy") if cal.get(k))
+        + ")",
+        f"{'block':>5} {'module':<18} {'shape':>11} {'sparsity':>8} {'rel. obj.':>10} {'prompt':>10} "
+        f"{'decode':>10} {'time s':>7}",
+    ]
+    for row in report["layers"]:
+        rel = row["relative_objective_by_source"]
+        lines.append(
+            f"{row['block']:>5} {row['name'][-18:]:<18} {'x'.join(map(str, row['shape'])):>11} {row['sparsity']:>8.3f} "
+            f"{row['relative_objective']:>10.3e} {_fmt(rel.get('prompt')):>10} {_fmt(rel.get('decode')):>10} "
+            f"{row['time_s']:>7.2f}"
+        )
+    total_zero = sum(r["sparsity"] * r["shape"][0] * r["shape"][1] for r in report["layers"])
+    total = sum(r["shape"][0] * r["shape"][1] for r in report["layers"])
+    seconds = report.get("phase_seconds", {})
+    lines.append(
+        f"{len(report['layers'])} linears, {total_zero / max(total, 1):.3f} of their weights zero; "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+    )
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3e}"

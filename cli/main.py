@@ -1,0 +1,53 @@
+"""The ``rac`` command: one subcommand per module of ``rac.cli.commands``, so each concern stays in its file.
+
+    rac layer      prune one random layer with every method, print the report   (commands/layer.py)
+    rac prune      Algorithm 1 on a Hugging Face model, export the pruned model (commands/prune.py)
+    rac eval       acc@1 (SE) and thinking tokens of a model on math problems   (commands/eval.py)
+    rac experiment the paper's calibration x method x sparsity grid, table, plot (commands/experiment.py)
+    rac diagnose   Figure 2: token-wise error ratio prompt-only / RAC, heatmap  (commands/diagnose.py)
+
+Every subcommand module has ``add_parser(subparsers)``, which adds its parser and
+sets ``func`` (args -> exit code). Heavy imports happen inside ``func``, so
+``rac --help`` stays fast. Errors of the user's making (ValueError, TypeError,
+FileNotFoundError, FileExistsError) print one line and exit 2; anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Modules that contribute a subcommand, in the order ``rac --help`` lists them.
+COMMAND_MODULES = (
+    "rac.cli.commands.layer",
+    "rac.cli.commands.prune",
+    "rac.cli.commands.eval",
+    "rac.cli.commands.experiment",
+    "rac.cli.commands.diagnose",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rac.cli import __version__
+
+    parser = argparse.ArgumentParser(prog="rac", description="Reasoning-Aware Compression (RAC) of reasoning LLMs")
+    parser.add_argument("--version", action="version", version=f"rac-spec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        print(f"rac {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

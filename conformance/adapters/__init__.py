@@ -1,0 +1,1 @@
+"""Adapters that make third-party implementations ports of the suite (docs/ports/)."""

@@ -1,0 +1,111 @@
+"""Argument checks shared by ``rac.reference``, ``rac.fast`` and the application (spec GEN-5).
+
+Each check raises ``TypeError`` (wrong kind of object) or ``ValueError``
+(right kind, wrong value) and names the argument and the expected form, so a
+user sees at once what to change. Nothing is modified in place.
+
+Checks of plain values (numbers, choices) live in ``values.py``, which needs no torch, and
+are re-exported here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .values import (  # noqa: F401  (re-exported: one import for every check)
+    check_choice,
+    check_nonnegative_float,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+    check_sparsity,
+    one_of,
+)
+
+#: H may come from float32 accumulation; a transposed or wrong matrix is
+#: asymmetric at O(1), rounding in two summation orders at ~N * eps32. We
+#: accept |H - H^T| <= SYMMETRY_RTOL * max|H| (spec GEN-6) and symmetrise.
+SYMMETRY_RTOL = 1e-5
+
+
+def as_real_tensor(x, name: str) -> torch.Tensor:
+    """``x`` (torch tensor or numpy array) as a torch tensor of real numbers, keeping its dtype and device.
+
+    The type checks of GEN-5 without a copy: ``rac.fast`` validates tensors where they live (a GPU)
+    with the same checks and messages as the reference.
+    """
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.array(x, copy=True))
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name} must hold real floating-point numbers, got dtype {x.dtype}")
+    return x.detach()
+
+
+def as_float64(x, name: str) -> torch.Tensor:
+    """Return ``x`` (torch tensor or numpy array) as a new float64 CPU tensor."""
+    return as_real_tensor(x, name).to(device="cpu", dtype=torch.float64).clone()
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+        raise ValueError(f"{name} must be finite; found NaN or Inf at index {tuple(bad)}")
+
+
+def check_weight(W, name: str = "W", convert=as_float64) -> torch.Tensor:
+    """W: the layer weight, shape (out, in) as in torch.nn.Linear (paper: W_l in R^{p x d}).
+
+    ``convert(x, name)`` makes the tensor that is checked and returned (default: a float64 CPU copy).
+    """
+    W = convert(W, name)
+    if W.ndim != 2 or W.shape[0] == 0 or W.shape[1] == 0:
+        raise ValueError(
+            f"{name} must be a non-empty 2-D matrix (out_features, in_features), got shape {tuple(W.shape)}"
+        )
+    check_finite(W, name)
+    return W
+
+
+def check_hessian(H, in_features: int, name: str = "H", convert=as_float64) -> torch.Tensor:
+    """H: symmetric positive semi-definite (in, in) matrix sum_t w_t x_t x_t^T (``convert`` as in check_weight)."""
+    H = convert(H, name)
+    if H.ndim != 2 or H.shape[0] != H.shape[1]:
+        raise ValueError(f"{name} must be a square 2-D matrix, got shape {tuple(H.shape)}")
+    if H.shape[0] != in_features:
+        raise ValueError(
+            f"{name} must have shape ({in_features}, {in_features}) to match W's in_features={in_features}, "
+            f"got {tuple(H.shape)}"
+        )
+    scale = float(H.abs().max())  # NaN and Inf propagate through abs and max
+    if not math.isfinite(scale):
+        check_finite(H, name)  # raises, naming the first bad index
+    # One transposed copy serves the check and the symmetrisation: reading H.T in place is a
+    # cache-hostile strided pass, and there were two; the copy halves this check's time at 4096
+    # inputs (docs/benchmarks.md, "Wanda and magnitude after f49757f").
+    HT = H.T.contiguous()
+    asym = float((H - HT).abs().max())
+    if asym > SYMMETRY_RTOL * scale:
+        raise ValueError(
+            f"{name} must be symmetric: max |H - H^T| = {asym:.3g} exceeds {SYMMETRY_RTOL:g} * max|H| = "
+            f"{SYMMETRY_RTOL * scale:.3g} (was it built as X^T X with X of the wrong layout?)"
+        )
+    if bool((torch.diagonal(H) < 0).any()):
+        raise ValueError(f"{name} must be positive semi-definite; its diagonal has negative entries")
+    return (H + HT) / 2
+
+
+def check_mask(mask, shape, name: str = "mask") -> torch.Tensor:
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(np.array(mask, copy=True))
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a bool torch.Tensor or numpy.ndarray, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must have dtype bool (True = kept), got {mask.dtype}")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must have the shape of W {tuple(shape)}, got {tuple(mask.shape)}")
+    return mask.to("cpu").clone()
