@@ -1,9 +1,9 @@
 """Golden vectors: fixed inputs and the reference's outputs, for ports that cannot import this suite.
 
-    python -m rac.conformance.checking.golden regenerate [--out DIR]    # from rac.reference (default: fixtures/golden)
-    python -m rac.conformance.checking.golden verify-current [--golden DIR]   # regenerate in a temp dir and compare
-    python -m rac.conformance.checking.golden run --port pkg.mod:obj --out outputs.npz   # a Python port's outputs
-    python -m rac.conformance.checking.golden check outputs.npz [--dtype float32]        # = conformance/checking/golden_check.py
+    python -m rac.conformance.checking.golden regenerate [--out DIR]  # from rac.reference (default: fixtures/golden)
+    python -m rac.conformance.checking.golden verify-current [--golden DIR]  # regenerate in a temp dir, compare
+    python -m rac.conformance.checking.golden run --port pkg.mod:obj --out outputs.npz  # a Python port's outputs
+    python -m rac.conformance.checking.golden check outputs.npz [--dtype float32]  # = checking/golden_check.py
 
 Files (docs/porting.md, "Golden vectors"):
 
@@ -243,7 +243,8 @@ def regenerate(out: Path) -> Path:
     write_npz(out / "expected.npz", expected)
     manifest = {
         "about": "rac-spec golden vectors: inputs and rac.reference outputs; see docs/porting.md and "
-        "conformance/checking/golden_check.py (numpy only). Regenerate: python -m rac.conformance.checking.golden regenerate",
+        "conformance/checking/golden_check.py (numpy only). "
+        "Regenerate: python -m rac.conformance.checking.golden regenerate",
         "generator": "rac.conformance.checking.golden",
         "reference_dtype": "float64",
         "min_margin": MIN_MARGIN,
