@@ -15,18 +15,24 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
+from hypothesis.configuration import set_hypothesis_home_dir
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from rac.conformance.harness import expected as xf
 from rac.conformance.harness import measure as measure_mod
 from rac.conformance.harness import report as rep
 from rac.conformance.harness.ports import DEFAULT_PORT, LEVELS, Port, module_dir
-from rac.conformance.harness.timeout import time_limit
+from rac.reference.contract import registry
+from rac.conformance.harness.timeout import TestTimeout, time_limit
 
 # Profiles: "ci" is derandomised and bounded so CI is stable and quick; "dev"
 # draws fresh examples; "thorough" for nightly or pre-release runs. Pinned
@@ -60,19 +66,14 @@ def pytest_addoption(parser):
         metavar="FILE",
         help="file of 'ID: reason' lines: requirements the port knowingly fails (added to its CAPABILITIES')",
     )
-    group.addoption(
-        "--report-dir",
-        default="reports",
-        metavar="DIR",
-        help="where the JSON and Markdown reports go (default: %(default)s; empty: do not write)",
-    )
-    group.addoption(
-        "--test-timeout",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="stop a test (setup or call) after this long and fail its requirements (default: %(default)s; 0: off)",
-    )
+    group.addoption("--work-dir", default=None, metavar="DIR",
+                    help="where the run writes: its report (unless --report-dir), hypothesis's example database, "
+                         "pytest's cache (default: a new temporary directory, never the current one)")
+    group.addoption("--report-dir", default=None, metavar="DIR",
+                    help="where the JSON and Markdown reports go (default: WORK_DIR/reports; empty: do not write)")
+    group.addoption("--test-timeout", type=float, default=300.0, metavar="SECONDS",
+                    help="stop a test (setup or call) after this long and report it as a timeout of its "
+                         "requirements (default: %(default)s; 0: off)")
     group.addoption("--req", default=None, metavar="ID[,ID...]", help="run only the tests of these requirement IDs")
     group.addoption(
         "--level",
@@ -156,10 +157,25 @@ def _commit(root) -> str | None:
 
 
 _RUN = pytest.StashKey[_Run]()
+_WORK = pytest.StashKey[Path]()
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
+    """What the suite writes goes under the work directory (PORT-10): hypothesis's example database and
+    cache, pytest-benchmark's storage and the report, never the caller's directory unless an option asks.
+    (pytest's own cache follows pytest's ``cache_dir`` setting; ``-p no:cacheprovider`` turns it off.)"""
     config.addinivalue_line("markers", "req(id): requirement ID of docs/spec.md that the test checks")
+    work = config.getoption("--work-dir")
+    work = Path(work) if work else Path(tempfile.mkdtemp(prefix="rac-conformance-"))
+    work.mkdir(parents=True, exist_ok=True)
+    config.stash[_WORK] = work
+    if hasattr(config.option, "benchmark_storage") and config.option.benchmark_storage == "file://./.benchmarks":
+        config.option.benchmark_storage = f"file://{work / 'benchmarks'}"
+    set_hypothesis_home_dir(str(work / "hypothesis"))  # its example database and its cache of constants
+    settings.register_profile(f"{_PROFILE}-here", settings.get_profile(_PROFILE),
+                              database=DirectoryBasedExampleDatabase(str(work / "hypothesis" / "examples")))
+    settings.load_profile(f"{_PROFILE}-here")
     config.stash[_RUN] = _Run(config)
 
 
@@ -251,8 +267,8 @@ def pytest_runtest_setup(item):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
-    item._rac_measurements = []
-    measure_mod.start(item.nodeid, item._rac_measurements)
+    item._rac_measurements, item._rac_methods = [], []
+    measure_mod.start(item.nodeid, item._rac_measurements, item._rac_methods)
     try:
         with time_limit(item.config.getoption("--test-timeout"), item.nodeid):
             yield
@@ -260,10 +276,16 @@ def pytest_runtest_call(item):
         measure_mod.stop()
 
 
+#: Captured output and tracebacks kept per failing test: a port that prints while it hangs must not
+#: flood the run's output (PORT-9).
+MAX_OUTPUT = 4000
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    _truncate_output(report)
     run = item.config.stash[_RUN]
     ids = _req_ids(item)
     report.req_ids = ids
@@ -273,24 +295,75 @@ def pytest_runtest_makereport(item, call):
         return
     if call.when == "teardown" and not report.failed:
         return
+    methods = tuple(getattr(item, "_rac_methods", None) or _param_method(item))
     if report.failed:
         exc = call.excinfo.value if call.excinfo else None
+        kind = _outcome_of(exc)
         message = _message(exc) if exc is not None else str(report.longrepr)[:400]
-        blamed = rep.attribute(message, ids)
-        record = rep.TestRecord(item.nodeid, ids, "failed", blamed, message, _repro(item, run, exc))
+        if kind == "error":
+            message += _raised_at(exc)
+        blamed = rep.attribute(message, ids) if kind == "failed" else ids
+        record = rep.TestRecord(item.nodeid, ids, kind, blamed, message, _repro(item, run, exc), methods=methods)
+        if kind == "timeout":
+            for method in methods or ("*",):
+                measure_mod.HUNG.setdefault(method, item.nodeid)
         if call.when == "call" and all(r in run.expected for r in blamed):
             reasons = "; ".join(f"{r}: {run.expected[r]}" for r in blamed)
             report.outcome = "skipped"
             report.wasxfail = f"expected failure ({reasons})"
-            record.outcome = "xfailed"
-            record.reason = reasons
+            record.outcome, record.kind, record.reason = "xfailed", kind, reasons
     elif report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        record = rep.TestRecord(item.nodeid, ids, "skipped", reason=str(reason).removeprefix("Skipped: "))
+        reason = str(reason).removeprefix("Skipped: ")
+        na = reason.startswith(rep.NOT_APPLICABLE)
+        record = rep.TestRecord(item.nodeid, ids, "n/a" if na else "skipped", reason=reason, methods=methods)
     else:
-        record = rep.TestRecord(item.nodeid, ids, "passed")
+        record = rep.TestRecord(item.nodeid, ids, "passed", methods=methods)
     record.measurements = _worst_per_req(getattr(item, "_rac_measurements", []))
     run.records.append(record)
+
+
+def _param_method(item) -> tuple:
+    """The ``method`` a test is parametrised with, for a test that stopped before naming it."""
+    callspec = getattr(item, "callspec", None)
+    method = callspec.params.get("method") if callspec is not None else None
+    return (method,) if isinstance(method, str) else ()
+
+
+def _outcome_of(exc) -> str:
+    """failed: an assertion of the suite (the port answered wrongly, or broke the calling convention);
+    timeout: the port ran past --test-timeout; error: the port (or the suite) raised an exception."""
+    while _group_first(exc) is not None:
+        exc = _group_first(exc)
+    if isinstance(exc, TestTimeout):
+        return "timeout"
+    if isinstance(exc, Exception) and not isinstance(exc, AssertionError):
+        return "error"
+    return "failed"  # AssertionError, PortError, pytest.fail / "DID NOT RAISE"
+
+
+def _raised_at(exc) -> str:
+    """ " (raised at file:line in function)": where the exception came from, to tell the port from the suite."""
+    while _group_first(exc) is not None:
+        exc = _group_first(exc)
+    frames = traceback.extract_tb(exc.__traceback__) if exc is not None else []
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" (raised at {Path(f.filename).name}:{f.lineno} in {f.name})"
+
+
+def _truncate_output(report) -> None:
+    """Keep at most MAX_OUTPUT characters of each captured stream and of the traceback."""
+    if not report.failed:
+        return
+    report.sections = [(title, text if len(text) <= MAX_OUTPUT else
+                        f"[{len(text) - MAX_OUTPUT} characters cut]\n" + text[-MAX_OUTPUT:])
+                       for title, text in report.sections]
+    text = str(report.longrepr)
+    if len(text) > 4 * MAX_OUTPUT:
+        report.longrepr = text[: 2 * MAX_OUTPUT] + f"\n[{len(text) - 4 * MAX_OUTPUT} characters cut]\n" + \
+            text[-2 * MAX_OUTPUT:]
 
 
 def _group_first(exc):
@@ -310,7 +383,8 @@ def _message(exc: BaseException) -> str:
 
 
 def _repro(item, run, exc) -> str:
-    """One line that re-runs the failing test (with hypothesis's failing example, when there is one)."""
+    """One line that re-runs the failing test: hypothesis's failing example first (the drawn arguments,
+    without the port), then the command (PORT-10)."""
     line = f'pytest "{item.nodeid}" --port={run.spec}'
     if run.port is not None and run.port.device != "cpu":
         line += f" --device={run.port.device}"
@@ -318,10 +392,13 @@ def _repro(item, run, exc) -> str:
     while exc is not None:
         notes += [n for n in getattr(exc, "__notes__", ()) if n.startswith(("Falsifying", "Failing test case"))]
         exc = _group_first(exc)
-    if notes:
-        example = " ".join(notes[0].split())
-        line += f"  # {example[:400]}"
-    return line
+    if not notes:
+        return line
+    example = " ".join(notes[0].split())
+    example = re.sub(r"^(Falsifying (explicit )?example|Failing test case): [\w\[\]-]+\(\s*", "", example)
+    example = example.rstrip(") ").rstrip(",")
+    example = re.sub(r"port=Port\([^)]*\),\s*", "", example)
+    return f"{example[:600]} | {line}"
 
 
 def _worst_per_req(measurements) -> list:
@@ -352,6 +429,10 @@ def pytest_sessionfinish(session, exitstatus):
     run.errors.extend(_pending_errors)
     run.rows = rep.summarise(run.records, run.expected, run.statements)
     meta = run.meta()
+    if run.port is not None and "layer" in run.port.levels:
+        core = {m: registry.get(m).core_rules for m in run.port.methods if m in registry.names()}
+        meta["coverage"] = rep.coverage(run.rows, run.port.methods, core)
+    meta["port_errors"] = rep.error_groups(run.records)
     meta["counts"] = {v: sum(r["verdict"] == v for r in run.rows) for v in rep.VERDICTS}
     tests_failed = int(exitstatus) not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
     meta["failed"] = rep.run_failed(run.rows) or tests_failed
@@ -359,9 +440,10 @@ def pytest_sessionfinish(session, exitstatus):
     if rep.run_failed(run.rows) and int(exitstatus) == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED  # an XPASS fails the run
     directory = config.getoption("--report-dir")
+    if directory is None:
+        directory = config.stash[_WORK] / "reports"
     if directory and run.rows:
-        base = config.invocation_params.dir
-        run.paths = rep.write(run.rows, meta, base / directory)
+        run.paths = rep.write(run.rows, meta, config.invocation_params.dir / directory)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -139,15 +139,37 @@ class Port:
     def eps(self) -> float:
         return EPS[self.dtype]
 
-    def supports(self, method: str, pattern: str = "unstructured", options=()) -> bool:
+    def __repr__(self) -> str:  # short: hypothesis prints the port in every falsifying example
+        return f"Port({self.spec!r})"
+
+    def _repr_pretty_(self, printer, cycle) -> None:  # hypothesis's printer asks this before a dataclass's fields
+        printer.text(repr(self))
+
+    def supports(self, method: str, pattern: str = "unstructured") -> bool:
+        """Whether the port declares ``method`` with this pattern kind (its options do not matter: PORT-7)."""
         if "layer" not in self.levels:
             return False
         kind = "unstructured" if pattern == "unstructured" else "nm"
-        if method not in self.methods or kind not in self.patterns:
-            return False
-        if method in self.options:
-            return set(options) <= set(self.options[method])
-        return True
+        return method in self.methods and kind in self.patterns
+
+    def accepts(self, method: str, option: str) -> bool:
+        """Whether the port takes ``option`` for ``method`` (CAPABILITIES["options"]; undeclared: all)."""
+        if method not in self.options:
+            return True
+        return option in self.options[method]
+
+    def option_values(self, method: str, **wanted) -> tuple[dict, dict]:
+        """(options to pass, the values in effect) for a call of ``method`` (PORT-7).
+
+        An option the port takes is passed as wanted; one it does not take is left out, and the
+        spec's default (the method registry's) is in effect: a port's fixed values must be the
+        spec's defaults. So every rule is checked at the port's defaults, and an option the port
+        accepts only widens what is checked.
+        """
+        entry = registry.get(method)
+        call = {k: v for k, v in wanted.items() if self.accepts(method, k)}
+        effective = {**entry.defaults(), **call}
+        return call, effective
 
     def supports_level(self, level: str) -> bool:
         """Whether the port implements ``level`` ("layer", "calibration" or "model")."""

@@ -8,11 +8,18 @@ Jobs, run in parallel (each its own pytest process, hypothesis profile "selftest
   levels), against the tests of the requirements it was built to break (``--full``:
   every test of its level). It is caught when the run fails and the JSON report
   gives verdict ``fail`` to at least one of those requirements, with real test
-  failures (a port that cannot even be loaded is a broken mutant, not a catch);
-- ``control``: the unbroken reference through the same wrapper, against the same
-  tests, per level: must pass (proves a catch is the bug's doing, not the harness's);
+  failures (a port that cannot even be loaded is a broken mutant, not a catch).
+  A layer-level mutant runs in the four settings of ``mutants.matrix``: as a
+  float64 and as a float32 port, taking every option and taking none (the suite
+  then checks at the spec's defaults), and must be caught in each;
+- ``control``: the unbroken reference through the same wrapper, per level: must pass
+  (proves a catch is the bug's doing, not the harness's); at the layer level in the
+  four settings, against every layer test, and verified for every method (its report's
+  coverage: each method's core rules checked, PORT-8);
 - ``numpy-example``: the port written from docs/porting.md alone
   (``rac.conformance.examples.numpy_port``) against every layer-level test: must pass;
+- ``float32-example`` (``examples/float32_port``, no options) and ``fast-defaults``
+  (rac.fast taking no options): must pass, verified for every method they declare;
 - ``protocol``: the suite's own machinery (``selfcheck_*.py``: expected failures,
   report, robustness to broken ports, golden vectors): must pass.
 
@@ -33,9 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rac.conformance.mutants import all_mutants
+from rac.conformance.mutants.matrix import SETTINGS
 
 SUITE_DIR = Path(__file__).resolve().parents[1]  # conformance/: the rootdir, where conftest.py is
 EXAMPLE_PORT = "rac.conformance.examples.numpy_port"
+FLOAT32_PORT = "rac.conformance.examples.float32_port"
+MATRIX = "rac.conformance.mutants.matrix"
 #: A mutant's run is stopped after this long (a hang would otherwise stall CI); per test: --test-timeout.
 JOB_TIMEOUT_S = 900
 
@@ -48,6 +58,7 @@ class Job:
     files: list
     kind: str  # "mutant", "pass"
     expected: frozenset = frozenset()
+    verify: bool = False  # a must-pass job whose every declared method must be verified (PORT-8)
     bug: str = ""
     result: dict = field(default_factory=dict)
 
@@ -108,8 +119,18 @@ def build_jobs(names, full: bool, inv: dict) -> list:
             args, files = [f"--level={m.level}"], files_for(inv, levels={m.level})
         else:
             args, files = [f"--req={','.join(sorted(m.expected))}"], files_for(inv, reqs=m.expected)
-        jobs.append(Job(name, spec, args, files, "mutant", m.expected, m.bug))
+        if m.level == "layer":
+            for dtype, options in SETTINGS:
+                jobs.append(Job(f"{name}[{dtype},{options}]", f"{MATRIX}:{name}__{dtype}__{options}", args, files,
+                                "mutant", m.expected, bug=m.bug))
+        else:
+            jobs.append(Job(name, spec, args, files, "mutant", m.expected, bug=m.bug))
     for level, reqs in sorted(union.items()):
+        if level == "layer":  # every layer test, in every setting, verified
+            for dtype, options in SETTINGS:
+                jobs.append(Job(f"control-layer[{dtype},{options}]", f"{MATRIX}:control__{dtype}__{options}",
+                                ["--level=layer"], files_for(inv, levels={"layer"}), "pass", verify=True))
+            continue
         if full:
             args, files = [f"--level={level}"], files_for(inv, levels={level})
         else:
@@ -120,8 +141,11 @@ def build_jobs(names, full: bool, inv: dict) -> list:
 
 def standard_jobs(inv: dict) -> list:
     checks = sorted(str(p) for p in SUITE_DIR.glob("meta/selfcheck_*.py"))
+    layer = files_for(inv, levels={"layer"})
     return [
-        Job("numpy-example", EXAMPLE_PORT, ["--level=layer"], files_for(inv, levels={"layer"}), "pass"),
+        Job("numpy-example", EXAMPLE_PORT, ["--level=layer"], layer, "pass", verify=True),
+        Job("float32-example", FLOAT32_PORT, ["--level=layer"], layer, "pass", verify=True),
+        Job("fast-defaults", f"{MATRIX}:fast__f32__defaults", ["--level=layer"], layer, "pass", verify=True),
         Job("protocol", None, [], checks, "pass"),
     ]
 
@@ -137,8 +161,9 @@ def run_job(job: Job, workdir: Path) -> Job:
         code, output = "timeout", f"stopped after {JOB_TIMEOUT_S} s\n{exc.stdout or ''}"
     seconds = time.perf_counter() - start
     reports = sorted(report_dir.glob("conformance-*.json")) if report_dir.is_dir() else []
-    rows = json.loads(reports[0].read_text())["requirements"] if reports else []
-    job.result = dict(code=code, seconds=seconds, rows=rows, output=output, command=" ".join(cmd))
+    report = json.loads(reports[0].read_text()) if reports else {"requirements": [], "meta": {}}
+    job.result = dict(code=code, seconds=seconds, rows=report["requirements"], output=output, command=" ".join(cmd),
+                      coverage=report["meta"].get("coverage") or {})
     return job
 
 
@@ -149,12 +174,15 @@ def judge(job: Job) -> tuple[bool, str]:
     if job.kind == "pass":
         passed = sum(row["verdict"] == "pass" for row in r["rows"])
         ok = r["code"] == 0 and passed > 0  # a run that skipped everything proves nothing
-        detail = (
-            f"passed ({passed} requirements)"
-            if ok
-            else f"FAILED (exit {r['code']}; failing {sorted(failed)}, {passed} passing)"
-        )
-        return ok, f"{job.name:<38} {timing} must pass: {detail}"
+        unverified = {m: c["status"] for m, c in r["coverage"].items() if not c["status"].startswith("conforming")}
+        if job.verify and (unverified or not r["coverage"]):
+            ok = False
+        detail = f"passed ({passed} requirements)" if ok else (
+            f"FAILED (exit {r['code']}; failing {sorted(failed)}, {passed} passing"
+            + (f"; not verified: {unverified or 'no coverage reported'}" if job.verify else "") + ")")
+        if ok and job.verify:
+            detail += ", verified: " + ", ".join(f"{m} {c['coverage']:.0%}" for m, c in r["coverage"].items())
+        return ok, f"{job.name:<44} {timing} must pass: {detail}"
     errors = [f["error"] for row in r["rows"] for f in row["failures"]]
     harness = [e for e in errors if "port not importable" in e]
     caught_by = sorted(job.expected & failed)
@@ -166,7 +194,7 @@ def judge(job: Job) -> tuple[bool, str]:
         verdict = f"BROKEN MUTANT: {harness[0]}"
     else:
         verdict = f"MISSED: expected a failure of {sorted(job.expected)}, failing {sorted(failed)} (exit {r['code']})"
-    return ok, f"{job.name:<38} {timing} {verdict}  [{job.bug}]"
+    return ok, f"{job.name:<44} {timing} {verdict}  [{job.bug}]"
 
 
 def main(argv=None) -> int:

@@ -50,6 +50,11 @@ def run_suite(tmp_path, port, *args, files=("layer/test_general.py",)) -> tuple[
     return proc.returncode, rows, proc.stdout + proc.stderr
 
 
+def _meta(tmp_path) -> dict:
+    """The meta part of the report run_suite wrote."""
+    return json.loads(next((tmp_path / "report").glob("conformance-*.json")).read_text())["meta"]
+
+
 # --------------------------------------------------------------------------- PORT-1
 
 
@@ -121,16 +126,48 @@ def test_port_2_broken_results_fail_the_requirement_not_the_run(tmp_path):
 
 
 @req("PORT-3")
+@req("PORT-9")
 def test_port_3_a_hanging_port_is_stopped_and_reported(tmp_path):
-    """PORT-3: a test that runs past --test-timeout is stopped, fails its requirement with a message
-    saying so, and the run goes on to the next test."""
+    """PORT-3/9: a test that runs past --test-timeout is stopped and reported once as a timeout (not a
+    wrong answer); the port's later tests of that method are not run again, and say why."""
     code, rows, out = run_suite(
         tmp_path, "rac.conformance.mutants.broken:hangs", "--req=GEN-1,GEN-3", "--test-timeout=1", "-k", "magnitude"
     )
     assert code == 1, out[-2000:]
-    for rid in ("GEN-1", "GEN-3"):
-        assert rows[rid]["verdict"] == "fail", f"PORT-3: {rid} {rows[rid]}"
-        assert all("TestTimeout" in f["error"] and "--test-timeout=1" in f["error"] for f in rows[rid]["failures"])
+    timed_out = [rid for rid in ("GEN-1", "GEN-3") if rows[rid]["verdict"] == "timeout"]
+    assert len(timed_out) == 1, f"PORT-3: {rows['GEN-1']} {rows['GEN-3']}"
+    first = rows[timed_out[0]]
+    assert all("TestTimeout" in f["error"] and "--test-timeout=1" in f["error"] for f in first["failures"])
+    other = rows["GEN-3" if timed_out == ["GEN-1"] else "GEN-1"]
+    assert other["verdict"] == "unchecked" and "hung on magnitude" in " ".join(other["notes"]), other
+    meta = _meta(tmp_path)
+    assert [g["outcome"] for g in meta["port_errors"]] == ["timeout"], meta["port_errors"]
+
+
+@req("PORT-9")
+def test_port_9_a_port_that_prints_while_it_hangs_does_not_flood_the_output(tmp_path):
+    """PORT-9: a hanging port that prints without end is stopped, and the run's output keeps only the
+    end of what it printed (MAX_OUTPUT characters per stream), not megabytes."""
+    code, rows, out = run_suite(tmp_path, "rac.conformance.mutants.broken:chatty_hang", "--req=GEN-1",
+                                "--test-timeout=2", "-k", "magnitude and unstructured")
+    assert code == 1 and rows["GEN-1"]["verdict"] == "timeout", out[-2000:]
+    assert "characters cut" in out and len(out) < 60_000, f"PORT-9: {len(out)} characters of output"
+
+
+@req("PORT-9")
+def test_port_9_an_exception_is_an_error_named_once(tmp_path):
+    """PORT-9: a port that raises on valid input is reported as an error (not a failure of each rule),
+    and the exception is listed once with the tests and requirements it stopped."""
+    code, rows, out = run_suite(tmp_path, "rac.conformance.mutants.broken:raises", "--req=GEN-1,GEN-2,GEN-7")
+    assert code == 1, out[-2000:]
+    for rid in ("GEN-1", "GEN-2", "GEN-7"):
+        assert rows[rid]["verdict"] == "error", f"PORT-9: {rid} {rows[rid]['verdict']}"
+    groups = _meta(tmp_path)["port_errors"]
+    assert len(groups) == 1 and "LinAlgError: linalg.cholesky" in groups[0]["error"], groups
+    assert groups[0]["requirements"] == ["GEN-1", "GEN-2", "GEN-7"] and len(groups[0]["tests"]) > 3
+    summary = out[out.index("requirements (rac.conformance.mutants.broken:raises)"):]
+    summary = summary[: summary.find("short test summary")]  # the report, not pytest's own list of failures
+    assert summary.count("LinAlgError: linalg.cholesky") == 1, f"PORT-9: named once in the report: {summary}"
 
 
 @req("PORT-3")
@@ -250,7 +287,7 @@ def test_port_6_failures_are_attributed_to_the_named_requirement():
     assert rep.attribute("NM-1: x", ("MAG-2",)) == ("MAG-2",)
     records = [rep.TestRecord("t1", ("SGPT-1", "SGPT-4"), "failed", ("SGPT-4",), "SGPT-4: ...")]
     rows = {r["id"]: r for r in rep.summarise(records, {}, {})}
-    assert rows["SGPT-4"]["verdict"] == "fail" and rows["SGPT-1"]["verdict"] == "skip"
+    assert rows["SGPT-4"]["verdict"] == "fail" and rows["SGPT-1"]["verdict"] == "unchecked"
 
 
 @req("PORT-6")
@@ -263,3 +300,65 @@ def test_port_6_statements_travel_with_the_package():
     assert rep.PACKAGED_SPEC.read_text(encoding="utf-8") == docs.read_text(encoding="utf-8")
     statements = rep.parse_spec(rep.PACKAGED_SPEC.read_text(encoding="utf-8"))
     assert statements["NM-2"].startswith("N is the kept count"), statements.get("NM-2")
+
+
+# --------------------------------------------------------------------------- PORT-7, PORT-8, PORT-10
+
+
+@req("PORT-7")
+def test_port_7_a_port_without_options_is_checked_at_its_defaults(tmp_path):
+    """PORT-7: a port that declares no SparseGPT option gets every SparseGPT rule checked at the spec's
+    defaults (none skipped for want of an option but SGPT-7, which is about varying the blocksize);
+    the same port with a bug no option is needed to show (no lazy update at block ends) is rejected."""
+    code, rows, out = run_suite(tmp_path, "rac.conformance.mutants.matrix:control__f32__defaults",
+                                files=("layer/test_sparsegpt.py",))
+    assert code == 0, out[-3000:]
+    verdicts = {rid: rows[rid]["verdict"] for rid in rows}
+    assert verdicts.pop("SGPT-7") == "n/a", verdicts
+    assert set(verdicts.values()) == {"pass"}, f"PORT-7: {verdicts}"
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    code, rows, out = run_suite(bad, "rac.conformance.mutants.matrix:sparsegpt_no_lazy_update__f32__defaults",
+                                "--req=SGPT-1", files=("layer/test_sparsegpt.py",))
+    assert code == 1 and rows["SGPT-1"]["verdict"] == "fail", out[-2000:]
+
+
+@req("PORT-8")
+def test_port_8_coverage_per_method_and_not_verified():
+    """PORT-8: per declared method, rules checked / not applicable / not checked; a method whose core rule
+    was not checked is "not verified", never "conforming"; not applicable is not a hole."""
+    records = [
+        rep.TestRecord("a", ("SGPT-1",), "passed", methods=("sparsegpt",)),
+        rep.TestRecord("b", ("SGPT-2",), "skipped", reason="not checked: needs CUDA", methods=("sparsegpt",)),
+        rep.TestRecord("c", ("SGPT-7",), "n/a", reason="not applicable: no blocksize", methods=("sparsegpt",)),
+        rep.TestRecord("d", ("MAG-1",), "passed", methods=("magnitude",)),
+        rep.TestRecord("e", ("MAG-2",), "n/a", reason="not applicable: no nm", methods=("magnitude",)),
+    ]
+    rows = rep.summarise(records, {}, {})
+    cov = rep.coverage(rows, ("sparsegpt", "magnitude"), {"sparsegpt": ("SGPT-1", "SGPT-2"), "magnitude": ("MAG-1",)})
+    assert cov["sparsegpt"]["status"] == "not verified" and "SGPT-2" in cov["sparsegpt"]["core_not_checked"]
+    assert cov["sparsegpt"]["coverage"] == 0.5 and cov["sparsegpt"]["not_applicable"] == ["SGPT-7"]
+    assert cov["magnitude"]["status"] == "conforming" and cov["magnitude"]["coverage"] == 1.0
+    assert {r["id"]: r["verdict"] for r in rows} == {"SGPT-1": "pass", "SGPT-2": "unchecked", "SGPT-7": "n/a",
+                                                      "MAG-1": "pass", "MAG-2": "n/a"}
+
+
+@req("PORT-10")
+def test_port_10_nothing_is_written_where_the_suite_runs_and_the_example_comes_first(tmp_path):
+    """PORT-10: a run writes its report, hypothesis's database and benchmarks under --work-dir (default a
+    temporary directory), nothing into the directory it runs in; a failing hypothesis example's
+    reproduction line starts with the drawn arguments (not the port), then the command."""
+    here = tmp_path / "checkout"
+    here.mkdir()
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "pytest", str(SUITE / "layer" / "test_general.py"), "-q", "-p", "no:cacheprovider",
+           "--rootdir", str(SUITE), "--port=rac.conformance.mutants.ports:pruned_not_exactly_zero", "--req=GEN-2",
+           f"--work-dir={work}"]
+    env = dict(os.environ, RAC_HYPOTHESIS_PROFILE="selftest", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=here)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert list(here.iterdir()) == [], f"PORT-10: the run wrote {sorted(p.name for p in here.iterdir())} here"
+    report = json.loads(next((work / "reports").glob("conformance-*.json")).read_text())
+    assert (work / "hypothesis").is_dir()
+    repro = next(r for r in report["requirements"] if r["id"] == "GEN-2")["failures"][0]["repro"]
+    assert repro.startswith(("method=", "layer=")) and " | pytest " in repro and "Port(" not in repro, repro

@@ -3,7 +3,8 @@
 ``misbehaves`` fails differently per method (raises, wrong shape, NaN, wrong device,
 integer mask), so one short run shows that each is reported against the
 requirement under test with its error, and that the run carries on. ``hangs``
-never returns (stopped by --test-timeout).
+never returns (stopped by --test-timeout); ``chatty_hang`` never returns and prints
+all the while; ``raises`` raises on every call (PORT-9: one error, named once).
 """
 
 from __future__ import annotations
@@ -38,5 +39,17 @@ def _hanging(W, H, **kwargs):
         time.sleep(0.05)
 
 
+def _chatty_hanging(W, H, **kwargs):
+    while True:
+        print("still working " * 100)
+        time.sleep(0.001)
+
+
+def _raising(W, H, **kwargs):
+    raise torch.linalg.LinAlgError("linalg.cholesky: The factorization could not be completed")
+
+
 misbehaves = reference_port("misbehaves", prune_layer=_misbehaving)
+chatty_hang = reference_port("chatty_hang", prune_layer=_chatty_hanging)
+raises = reference_port("raises", prune_layer=_raising)
 hangs = reference_port("hangs", prune_layer=_hanging)

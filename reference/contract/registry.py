@@ -63,6 +63,9 @@ class Method:
     or a callable; fast None: the method has no rac.fast implementation). patterns: the pattern
     kinds it supports. options: name -> ``Option``. group: its comparison group for unstructured
     sparsity (CNT-2), or None when the option ``group`` chooses it. summary: one line for help texts.
+    core_rules: the spec IDs without which a port's implementation of the method is "not verified"
+    (docs/porting.md, "Coverage"): a conformance run must have checked each (or found it not
+    applicable to the port, by its own declaration).
     """
 
     name: str
@@ -72,6 +75,7 @@ class Method:
     options: dict = field(default_factory=dict)
     group: str | None = None
     summary: str = ""
+    core_rules: tuple = ("GEN-1", "GEN-2", "CNT-1", "NM-1")
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -207,6 +211,7 @@ register(Method(
     fast="rac.fast.magnitude:prune_group",
     options={"group": Option("layer", one_of("layer", "row"), "comparison group (CNT-2)")},
     summary="keep the largest |W_ij| (MAG-*)",
+    core_rules=("MAG-1", "MAG-2", "CNT-1", "NM-1"),
 ))
 register(Method(
     "wanda",
@@ -214,6 +219,7 @@ register(Method(
     fast="rac.fast.wanda:prune_group",
     options={"group": Option("row", one_of("row", "layer"), "comparison group (CNT-2)")},
     summary="keep the largest |W_ij| sqrt(H_jj), per output row (WANDA-*)",
+    core_rules=("WANDA-1", "WANDA-2", "WANDA-3", "WANDA-4", "CNT-1", "NM-1"),
 ))
 register(Method(
     "sparsegpt",
@@ -226,6 +232,7 @@ register(Method(
         "on_cholesky_failure": Option("raise_dampening", one_of("raise_dampening", "raise"), "SGPT-8"),
     },
     summary="optimal brain surgeon column by column with adaptive masks (SGPT-*)",
+    core_rules=("SGPT-1", "SGPT-2", "SGPT-3", "SGPT-4", "SGPT-5", "SGPT-6", "SGPT-8", "CNT-1", "NM-1"),
 ))
 register(Method(
     "alps",
@@ -243,6 +250,7 @@ register(Method(
         "cg_rtol": Option(1e-4, check_nonnegative_float, "CG stops at this relative residual per row"),
     },
     summary="ADMM with a rising penalty, then CG on the support (ALPS-*)",
+    core_rules=("ALPS-1", "ALPS-2", "CNT-1", "NM-1"),
 ))
 
 #: The pruners of docs/spec.md (GEN-1), in the spec's order; ``names()`` adds registered plug-ins.
