@@ -9,6 +9,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 from rac.conformance.checking.oracles import ReplayViolation, residual, sparsegpt_replay
+from rac.conformance.checking.helpers import not_applicable
 from rac.conformance.checking.tolerances import score_rtol
 from rac.fixtures.layers import make_layer
 from rac.reference import parse_pattern
@@ -18,18 +19,24 @@ EPS32 = float(torch.finfo(torch.float32).eps)
 EPS64 = float(torch.finfo(torch.float64).eps)
 
 CUDA = torch.cuda.is_available()
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")])]
+#: the devices of the FAST-* tests; "cuda" is skipped by the ``fast`` fixture where there is none (after the
+#: port check, so that for another port the test is not applicable rather than not checked)
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu])]
 #: hypothesis settings for these tests: the port fixture is session-scoped; keep CI seconds-long
 FEW = settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(name="fast")
-def fast_fixture(port):
-    """rac.fast itself; these tests are about it, so they run when it is the port under test."""
+def fast_fixture(port, request):
+    """rac.fast itself; these tests are about it, so they run when it is the port under test (and, for the
+    "cuda" parameter, where CUDA is)."""
     import rac.fast
 
     if port.impl is not rac.fast:
-        pytest.skip("FAST-* tests check rac.fast; run with --port rac.fast (nox -s conformance runs both ports)")
+        not_applicable("FAST-* rules are about rac.fast; run with --port rac.fast (nox -s conformance runs both ports)")
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("device") == "cuda" and not CUDA:
+        pytest.skip("not checked: needs CUDA")
     return rac.fast
 
 

@@ -19,7 +19,7 @@ Rules per pruning case (each names the spec requirement it applies):
   GOLD-4 the mask equals the reference's, except at positions the manifest lists as near ties
          (magnitude, wanda, sparsegpt; ALPS is judged by its objective, ALPS-2)
   MAG-2 / WANDA-3  kept weights equal W exactly
-  SGPT-1 weights within 10 eps in (in/d + 1) max(1, max|W_ref|) of the reference's
+  SGPT-1 weights within 10 eps sqrt(in) kappa_s max(1, max|W_ref|) of the reference's (kappa_s: scaled cond of H_d)
   ALPS-2 objective within 1e-6 of tr(W H W^T) of the reference's
   OBJ-1  objective tr((W - W_hat) H (W - W_hat)^T) within the bound the weight tolerance implies
 Hessian cases: HES-1, H a positive multiple of sum_t w_t x_t x_t^T to 40 N eps.
@@ -59,6 +59,16 @@ def group_slices(group: str, shape):
 def objective(W, W_hat, H) -> float:
     D = W - W_hat
     return float(np.sum((D @ H) * D))
+
+
+def scaled_condition(H, dampening: float) -> float:
+    """cond(D^-1/2 H_d D^-1/2), H_d = H + dampening mean(diag H) I, D = diag(H_d): the conditioning that
+    governs the rounding of SparseGPT's factorisation (the suite's tolerances.scaled_condition)."""
+    mean_diag = float(np.mean(np.diagonal(H))) if H.size else 0.0
+    H_d = H + dampening * (mean_diag if mean_diag > 0 else 1.0) * np.eye(H.shape[0])
+    scale = np.sqrt(np.diagonal(H_d))
+    eig = np.linalg.eigvalsh(H_d / scale[:, None] / scale[None, :])
+    return float(eig.max() / eig.min()) if eig.min() > 0 else float("inf")
 
 
 def check_prune_case(case: dict, W, H, ref_w, ref_m, weight, mask, eps: float) -> list:
@@ -113,9 +123,9 @@ def check_prune_case(case: dict, W, H, ref_w, ref_m, weight, mask, eps: float) -
             problems.append(f"{rule}: kept weights changed")
         delta = 0.0
     else:
-        d = max(case["options"].get("dampening", 0.01), 1e-12)
+        d = case["options"].get("dampening", 0.01)
         scale = max(1.0, float(np.abs(ref_w).max()))
-        delta = 10 * eps * in_f * (in_f / d + 1) * scale
+        delta = 10 * eps * in_f**0.5 * scaled_condition(H, d) * scale
         err = float(np.abs(weight - ref_w).max())
         if err > delta:
             problems.append(f"SGPT-1: weights differ from the reference's by {err:.3g} (tolerance {delta:.3g})")

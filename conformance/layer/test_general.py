@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from rac.conformance.checking.helpers import needs, req, unchanged
 from rac.conformance.checking.checks import assert_pruned_zero
 from rac.conformance.checking.strategies import layers, make_layer, sparsities
-from rac.conformance.checking.tolerances import sweep_rtol
+from rac.conformance.checking.tolerances import replay_rtol
 from rac.reference.contract import registry
 
 #: every registered pruner (plug-ins included): these rules hold for all of them
@@ -158,7 +158,8 @@ def test_gen_6_accepted_asymmetry_is_symmetrised(port, pattern, kind):
     a_w, a_m, _ = port.prune(layer.W, H_asym, method="sparsegpt", sparsity=sparsity, pattern=pattern)
     b_w, b_m, _ = port.prune(layer.W, (H_asym + H_asym.T) / 2, method="sparsegpt", sparsity=sparsity, pattern=pattern)
     assert torch.equal(a_m, b_m), "GEN-6: the mask differs from the one of the symmetrised H"
-    # Both calls see the same symmetric matrix up to one rounding of the port's dtype per entry.
-    rtol = sweep_rtol(port.eps, layer.W.shape[1], 0.01)
+    # Both calls see the same symmetric matrix up to one rounding of the port's dtype per entry, at the
+    # port's default dampening (0.01): the replay bound of SGPT-1 covers that difference.
+    rtol = replay_rtol(port.eps, (H_asym + H_asym.T) / 2, 0.01)
     diff = float((a_w - b_w).abs().max()) / max(1.0, float(b_w.abs().max()))
     assert diff <= rtol, f"GEN-6: weights differ by {diff:.3g} (> {rtol:.3g}) from those of the symmetrised H"

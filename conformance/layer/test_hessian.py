@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rac.conformance.checking.helpers import req
+from rac.conformance.checking.helpers import not_applicable, req
 from rac.conformance.harness.measure import measure
 from rac.conformance.checking.strategies import layers
 
 
 def _needs_hessian(port):
     if not port.has_hessian:
-        pytest.skip(f"port {port.name} has no hessian(X, weights)")
+        not_applicable(f"port {port.name} has no hessian(X, weights)")
 
 
 def _integer_tokens(seed: int, in_features: int, tokens: int) -> torch.Tensor:
