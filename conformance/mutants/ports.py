@@ -11,7 +11,7 @@ import math
 import torch
 
 import rac.reference as ref
-from rac.reference import masks, sparsegpt
+from rac.reference import alps, masks, sparsegpt
 from rac.reference.contract import patterns
 from rac.reference.contract.patterns import parse_pattern
 from rac.reference.prune import PruneResult
@@ -155,6 +155,76 @@ def _silent_identity_fallback(H, dampening, on_failure):
         return torch.eye(H.shape[0], dtype=H.dtype), dampening  # llm-compressor's silent fall-back
 
 
+def _blocked_sweep_without_lazy_update(W, U, dead, pattern, sparsity, blocksize, select=masks.select_mask):
+    """The original code's blocked sweep (updates inside a block column by column, the later columns
+    once per block), but the once-per-block update of the columns after the block is forgotten."""
+    W = W.clone()
+    mask = torch.ones_like(W, dtype=torch.bool)
+    diag_U = torch.diagonal(U)
+    n = W.shape[1]
+    for a in range(0, n, blocksize):
+        b = min(a + blocksize, n)
+        for i in range(a, b):
+            if pattern.kind == "unstructured" and i == a:
+                scores = sparsegpt.obs_scores(W[:, a:b], diag_U[a:b], dead[a:b])
+                mask[:, a:b] = select(scores, pattern, sparsity, "layer")
+            if pattern.kind == "nm" and i % pattern.m == 0:
+                g = slice(i, i + pattern.m)
+                mask[:, g] = select(sparsegpt.obs_scores(W[:, g], diag_U[g], dead[g]), pattern, sparsity, "layer")
+            w = W[:, i].clone()
+            err = (w - w.masked_fill(~mask[:, i], 0.0)) / U[i, i]
+            W[:, i + 1 : b] -= torch.outer(err, U[i, i + 1 : b])  # inside the block only
+            W[:, i] = w.masked_fill(~mask[:, i], 0.0)
+        # missing: W[:, b:] -= E @ U[a:b, b:], the lazy update that hands the block's errors on
+    return W, mask
+
+
+def _bf16_hessian(W, H, *, method, sparsity=None, pattern="unstructured", **options):
+    """SparseGPT on H rounded through bfloat16 (a Hessian stored in half precision): a perturbed H."""
+    if method == "sparsegpt":
+        H = torch.as_tensor(H).to(torch.bfloat16).to(torch.float64)
+    return ref.prune_layer(W, H, method=method, sparsity=sparsity, pattern=pattern, **options)
+
+
+# ----------------------------------------------------------------- ALPS
+
+
+def _alps_variant(**changes):
+    """An ALPS port whose steps are swapped for broken ones (restored after each call)."""
+
+    def prune_layer(W, H, *, method, sparsity=None, pattern="unstructured", **options):
+        with patched(alps, **changes):
+            return ref.prune_layer(W, H, method=method, sparsity=sparsity, pattern=pattern, **options)
+
+    return prune_layer
+
+
+def _rho_always_fast(rho, change_ratio, changed, rho_has_risen):
+    """The penalty rises by 1.3 at every update whatever the support does (no slower steps, no restart)."""
+    return rho * alps.RHO_FAST, True, "continue" if changed else "stop"
+
+
+def _no_final_refit(H_n, WH, B0, support, iterations, rtol):
+    """No conjugate-gradient refit on the final support: the projected ADMM iterate is returned."""
+    return B0, 0, False
+
+
+def _projection_ignoring_nm(Z, pattern, kept, dead):
+    """The projection keeps the layer-wide largest k even for N:M (groups of M ignored)."""
+    scores = Z.abs()
+    scores[:, dead] = 0.0
+    return masks.prune_lowest(scores.reshape(-1), Z.numel() - kept).reshape(Z.shape)
+
+
+def _alps_stops_early(W, H, *, method, sparsity=None, pattern="unstructured", **options):
+    """ALPS stops at the first update where the support change is under 3e-2 of k (100 times the rule's
+    3e-4), min_iter ignored: ADMM ends while the support still moves."""
+    if method == "alps":
+        options = {**options, "min_iter": 0}
+    with patched(alps, SETTLED_CHANGE=100 * alps.SETTLED_CHANGE):
+        return ref.prune_layer(W, H, method=method, sparsity=sparsity, pattern=pattern, **options)
+
+
 # ----------------------------------------------------------------- general
 
 
@@ -253,6 +323,36 @@ _TABLE = {
         _port("sparsegpt_silent_cholesky_fallback", _sparsegpt_variant(factor_with_recovery=_silent_identity_fallback)),
         {"SGPT-8"},
         "a Cholesky failure silently falls back to identity",
+    ),
+    "sparsegpt_no_lazy_update": (
+        _port("sparsegpt_no_lazy_update", _sparsegpt_variant(sparsegpt_sweep=_blocked_sweep_without_lazy_update)),
+        {"SGPT-1"},
+        "the block's errors are not handed on to the later columns (no lazy batch update)",
+    ),
+    "sparsegpt_bf16_hessian": (
+        _port("sparsegpt_bf16_hessian", _bf16_hessian),
+        {"SGPT-1", "SGPT-2", "SGPT-5"},
+        "H rounded through bfloat16 (a perturbed Hessian)",
+    ),
+    "alps_rho_always_fast": (
+        _port("alps_rho_always_fast", _alps_variant(update_rho=_rho_always_fast)),
+        {"ALPS-2"},
+        "wrong penalty schedule: rho x 1.3 at every update",
+    ),
+    "alps_no_final_refit": (
+        _port("alps_no_final_refit", _alps_variant(conjugate_gradient_on_support=_no_final_refit)),
+        {"ALPS-2", "ALPS-3"},
+        "no refit on the final support",
+    ),
+    "alps_projection_ignores_nm": (
+        _port("alps_projection_ignores_nm", _alps_variant(projection_mask=_projection_ignoring_nm)),
+        {"NM-1", "ALPS-2"},
+        "the projection ignores the N:M groups",
+    ),
+    "alps_stops_early": (
+        _port("alps_stops_early", _alps_stops_early),
+        {"ALPS-2"},
+        "wrong stopping rule: stops while the support still moves",
     ),
     "pruned_not_exactly_zero": (
         _port("pruned_not_exactly_zero", _pruned_not_exactly_zero),

@@ -44,18 +44,20 @@ def test_reproduction_reproduces(tag):
     exec(compile(BLOCKS[tag], f"{PAGE.name}:{tag}", "exec"), namespace)
 
 
-KINDS = ("gaussian", "outliers", "rank_deficient", "near_duplicate", "bf16_weights", "dead_inputs", "mixed")
+#: layers without dead inputs: on those llm-compressor sets H_jj = 1 (LC-4), a different H, which SGPT-1's
+#: tolerance at the layer's own conditioning sees (7e-5 of the weights on make_layer('dead_inputs', 2, 11, 33, 1))
+KINDS = ("gaussian", "outliers", "rank_deficient", "near_duplicate", "bf16_weights")
 
 
 def test_their_sweep_is_the_obs_sweep_given_their_masks():
     """The page's positive claim: llm-compressor's SparseGPT weights are the reference OBS sweep replayed with
-    its own masks (SGPT-1's oracle and float32 tolerance), on 175 layers x 3 settings; LC-1 is only the count."""
+    its own masks (SGPT-1's oracle and float32 tolerance), on 125 layers x 3 settings; LC-1 is only the count."""
     import torch
 
     from rac.conformance.adapters import llmcompressor as port
     from rac.conformance.checking.oracles import sparsegpt_replay
     from rac.conformance.checking.strategies import make_layer
-    from rac.conformance.checking.tolerances import score_rtol, sweep_rtol
+    from rac.conformance.checking.tolerances import MAX_REPLAY_RTOL, replay_rtol, score_rtol
     from rac.reference import parse_pattern
 
     eps = float(torch.finfo(torch.float32).eps)
@@ -68,7 +70,9 @@ def test_their_sweep_is_the_obs_sweep_given_their_masks():
             for blocksize, dampening, sparsity in ((8, 0.01, 0.5), (128, 0.01, 0.3), (4, 0.1, 0.7)):
                 weight, mask = port.prune_layer(layer.W, layer.H, method="sparsegpt", sparsity=sparsity,
                                                 blocksize=blocksize, dampening=dampening)
-                rtol = sweep_rtol(eps, in_features, dampening)  # SGPT-1's tolerance for a float32 port
+                rtol = replay_rtol(eps, layer.H, dampening)  # SGPT-1's tolerance for a float32 port
+                if rtol > MAX_REPLAY_RTOL:
+                    continue  # as the suite: a layer float32 cannot resolve to 1 % is not used
                 replay = sparsegpt_replay(layer.W, layer.H, mask, parse_pattern("unstructured"), sparsity, blocksize,
                                           dampening, rtol=2 * rtol + score_rtol(eps))  # raises on a wrong choice
                 err = float((weight.double() - replay).abs().max()) / max(1.0, float(replay.abs().max()))
