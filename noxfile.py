@@ -116,8 +116,6 @@ def conformance_llmcompressor(session):
         "layer",
         "--port",
         "rac.conformance.adapters.llmcompressor",
-        "--report-dir",
-        "reports/llmcompressor",
         *session.posargs,
     )
     # the reproductions quoted in docs/ports/llmcompressor.md still reproduce
