@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from rac.reference.alps import SETTLED_CHANGE, kept_count, update_rho
+from rac.reference.alps import SETTLED_CHANGE, check_positive_semidefinite, kept_count, update_rho
 from rac.reference.contract.patterns import Pattern
 from rac.reference.masks import nm_mask
 
@@ -66,6 +66,7 @@ def factorise(H: torch.Tensor, dampening: float) -> AlpsFactor:
     norms = torch.where(diag > 0, diag.clamp(min=0).sqrt(), torch.ones_like(diag))
     H_n = H_ridge / norms[:, None] / norms[None, :]
     L, Q = torch.linalg.eigh(H_n)
+    check_positive_semidefinite(L)  # the reference's rule: an indefinite H is refused, as SparseGPT refuses it
     cast = [t.to(ADMM_DTYPE) for t in (H_n, L, Q)]
     return AlpsFactor(norms, *cast, torch.diagonal(H) == 0)
 

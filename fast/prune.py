@@ -34,7 +34,7 @@ import torch
 from rac.reference.contract import registry
 from rac.reference.prune import PruneResult
 
-from ._validate import checked_hessian, checked_weight
+from ._validate import check_result, checked_hessian, checked_weight
 
 
 def prune_layer(W, H, *, method: str, sparsity=None, pattern: str = "unstructured", **options) -> PruneResult:
@@ -78,7 +78,8 @@ def _prune_all(Ws, H, method, pat, s, opts) -> list:
         return [PruneResult(W.clone(), torch.ones_like(W, dtype=torch.bool), dict(info)) for W in Ws]
     prune_group = registry.get(method).implementation("fast")
     results = prune_group(Ws, H, pat, s, **opts)
-    return [PruneResult(weight, mask, {**info, **extra}) for weight, mask, extra in results]
+    return [PruneResult(check_result(weight, W, method), mask, {**info, **extra})
+            for W, (weight, mask, extra) in zip(Ws, results)]
 
 
 def stacked(Ws, stack: bool, prune) -> list:

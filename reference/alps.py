@@ -46,6 +46,7 @@ import torch
 
 from .contract.patterns import Pattern, pruned_count
 from .masks import nm_mask, prune_lowest
+from .sparsegpt import CholeskyError
 
 #: The published defaults of ALPS (``ALPS_admm`` in the authors' code) are the registry's
 #: (``contract/registry.py``): dampening 0.01, rho0 0.1, max_iter 300, min_iter 30, update_every 3,
@@ -101,9 +102,25 @@ def ridge_and_normalise(W: torch.Tensor, H: torch.Tensor, dampening: float):
 
 
 def eigendecompose(H_n: torch.Tensor):
-    """Step 2a: H_n = Q diag(L) Q^T, computed once; every (H_n + rho I)^{-1} reuses it."""
+    """Step 2a: H_n = Q diag(L) Q^T, computed once; every (H_n + rho I)^{-1} reuses it.
+
+    H_n must be positive semi-definite (it is H + lambda I rescaled): an eigenvalue below
+    -n eps max|L|, more negative than eigh's rounding, means H is not a matrix sum_t x_t x_t^T, and
+    ALPS refuses it as SparseGPT does (CholeskyError, SGPT-8) instead of returning a result.
+    """
     L, Q = torch.linalg.eigh(H_n)
+    check_positive_semidefinite(L)
     return L, Q
+
+
+def check_positive_semidefinite(L: torch.Tensor) -> None:
+    """CholeskyError if the eigenvalues ``L`` of H + lambda I (rescaled) are clearly negative."""
+    floor = -L.shape[0] * torch.finfo(L.dtype).eps * float(L.abs().max())
+    if float(L.min()) < floor:
+        raise CholeskyError(
+            f"H + dampening * mean(diag H) * I is not positive semi-definite (smallest eigenvalue {float(L.min()):.3g} "
+            "of its rescaled form): check that H is a PSD matrix sum_t x_t x_t^T, or pass a larger `dampening`"
+        )
 
 
 def ridge_inverse(L: torch.Tensor, Q: torch.Tensor, rho: float) -> torch.Tensor:
@@ -363,4 +380,4 @@ def prune_alps(W: torch.Tensor, H: torch.Tensor, pattern: Pattern, sparsity: flo
     return W_hat, mask, info
 
 
-__all__ = ["kept_count", "prune_alps", "update_rho"]
+__all__ = ["check_positive_semidefinite", "kept_count", "prune_alps", "update_rho"]
