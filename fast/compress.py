@@ -34,6 +34,7 @@ float32, pruning in float32, weights written back in the model's dtype.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -81,6 +82,7 @@ def compress(
     device="auto",
     offload_activations="auto",
     checkpoint_dir=None,
+    fingerprint_extra=None,
     restore_on_error=True,
     progress=None,
     **options,
@@ -92,7 +94,10 @@ def compress(
         weights live elsewhere are moved there one at a time and moved back.
     offload_activations: keep the block inputs in (pinned) CPU memory; "auto" = only when they
         would not fit on the device next to one block's working set.
-    checkpoint_dir: save each finished block there and resume from it (see the module docstring).
+    checkpoint_dir: save each finished block there and resume from it (see the module docstring);
+        a resume must match the model's weights, the calibration and every option (fast/checkpoint.py).
+    fingerprint_extra: anything else a resume must match (a dict; the ``rac`` command adds its
+        tokenizer's files).
     restore_on_error: on any error, put back the dense weights of the blocks already pruned
         (keeps a CPU copy of each target weight as it is pruned).
     """
@@ -112,6 +117,7 @@ def compress(
         raise ValueError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
     if offload_activations not in ("auto", True, False):
         raise ValueError(f"offload_activations must be 'auto', True or False, got {offload_activations!r}")
+    ckpt = Checkpoint(checkpoint_dir, {}) if checkpoint_dir else None  # a file there is refused before any work
     device = resolve_device(device)
     all_blocks = decoder_blocks(model)
     dtype = next(model.parameters()).dtype
@@ -128,8 +134,10 @@ def compress(
     check_memory(plan, device, store_device, onload)
 
     prune_args = dict(method=method, sparsity=sparsity, pattern=pattern, **options)
-    run_args = dict(prune_args, propagation=propagation, targets=targets, blocks=sorted(targeted))
-    ckpt = Checkpoint(checkpoint_dir, fingerprint(model, calibration, run_args)) if checkpoint_dir else None
+    run_args = dict(prune_args, propagation=propagation, targets=targets, blocks=sorted(targeted),
+                    batch_size=batch_size, chunk_tokens=chunk_tokens)
+    if ckpt is not None:
+        ckpt.fingerprint = fingerprint(model, calibration, run_args, fingerprint_extra)
     report = {
         "implementation": "rac.fast",
         "method": method,
@@ -151,7 +159,7 @@ def compress(
     model.eval()
     started = time.perf_counter()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), ckpt if ckpt is not None else contextlib.nullcontext():
             report["layers"], report["resumed_blocks"] = _run(
                 model,
                 all_blocks,
@@ -165,6 +173,8 @@ def compress(
                 progress,
                 prune_args,
             )
+            if ckpt is not None:
+                ckpt.mark_complete()
     except BaseException as exc:
         with torch.no_grad():
             for linear, weight in originals.items():
