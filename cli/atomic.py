@@ -17,7 +17,26 @@ from pathlib import Path
 
 
 def _temporary_name(path: Path) -> Path:
-    return path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
+    """A hidden name beside ``path`` carrying this process's id, so a later run can tell a stale one."""
+    return path.parent / f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_stale_partials(path: Path) -> None:
+    """Remove what a killed run (SIGKILL: no cleanup ran) left beside ``path``: temporaries whose process is gone."""
+    for stale in path.parent.glob(f".{path.name}.partial-*"):
+        pid = stale.name.rsplit(".partial-", 1)[1].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_directory_target(out, *, overwrite: bool, hint: str = "pass --overwrite") -> Path:
@@ -36,6 +55,7 @@ def atomic_directory(out, *, overwrite: bool = False, hint: str = "pass --overwr
     removed only once the new one is in place)."""
     out = check_directory_target(out, overwrite=overwrite, hint=hint)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out)
     tmp = _temporary_name(out)
     try:
         tmp.mkdir()
@@ -57,6 +77,7 @@ def atomic_file(path):
     """Yield a temporary path in ``path``'s folder to write to; on success it replaces ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(path)
     tmp = _temporary_name(path)
     try:
         yield tmp

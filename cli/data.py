@@ -16,24 +16,41 @@ import json
 from pathlib import Path
 
 
-def _read_jsonl(path, required: tuple) -> list:
-    """Records of a JSON-lines file; blank lines are skipped; each record must hold ``required`` strings."""
+def read_text(path, what: str = "file") -> str:
+    """The whole file as UTF-8 text; ValueError naming the file and the line of a byte that is not UTF-8,
+    or saying that the path is a directory or missing (FileNotFoundError)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory; the {what} must be a file")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file (the {what})")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line} is not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                         f"save the {what} as UTF-8") from None
+
+
+def _read_jsonl(path, required: tuple, what: str = "file") -> list:
+    """Records of a JSON-lines file; blank lines are skipped; each record must hold ``required`` strings
+    (not blank)."""
     path = Path(path)
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {lineno} must be a JSON object, got {type(row).__name__}")
-            for key in required:
-                if not isinstance(row.get(key), str) or not row[key]:
-                    raise ValueError(f"{path}: line {lineno} needs a non-empty string field {key!r}")
-            records.append((lineno, row))
+    for lineno, line in enumerate(read_text(path, what).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {lineno} must be a JSON object, got {type(row).__name__}")
+        for key in required:
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise ValueError(f"{path}: line {lineno} needs a non-empty string field {key!r}")
+        records.append((lineno, row))
     if not records:
         raise ValueError(f"{path}: the file holds no records (expected JSON lines with fields {list(required)})")
     return records
@@ -46,7 +63,7 @@ def read_problems(path) -> list:
     as a string; "answer" and any other fields are kept as they are. Ids must be unique.
     """
     problems, seen = [], {}
-    for lineno, row in _read_jsonl(path, ("problem",)):
+    for lineno, row in _read_jsonl(path, ("problem",), "problems file"):
         row = {**row, "id": str(row.get("id", lineno))}
         if row["id"] in seen:
             raise ValueError(f"{path}: line {lineno} repeats id {row['id']!r} of line {seen[row['id']]}")
@@ -58,7 +75,7 @@ def read_problems(path) -> list:
 def read_traces(path) -> dict:
     """Off-policy traces of a JSON-lines file as a dict id -> trace text (ids unique)."""
     traces, seen = {}, {}
-    for lineno, row in _read_jsonl(path, ("id", "trace")):
+    for lineno, row in _read_jsonl(path, ("id", "trace"), "traces file"):
         if row["id"] in seen:
             raise ValueError(f"{path}: line {lineno} repeats id {row['id']!r} of line {seen[row['id']]}")
         seen[row["id"]] = lineno
@@ -77,7 +94,7 @@ def align_traces(problems: list, traces: dict) -> list:
 def read_corpus(path) -> str:
     """The generic corpus of the ``text`` mode: the whole file as UTF-8 text (must not be blank)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "corpus")
     if not text.strip():
         raise ValueError(f"{path}: the corpus file is empty")
     return text

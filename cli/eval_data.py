@@ -7,10 +7,11 @@
 - a ``.jsonl`` file, one JSON object per line (the project's own format, and MATH-500 as
   ``HuggingFaceH4/MATH-500`` ships it: ``problem``, ``solution``, ``answer``, ``unique_id``);
 - a ``.json`` file holding a list of such objects;
-- any other existing file or directory (parquet, csv, a dataset repository checked out on
-  disk) or a Hugging Face dataset name such as ``HuggingFaceH4/MATH-500``: read with
-  ``datasets.load_dataset`` when the ``datasets`` package is installed (it is optional;
-  nothing here downloads unless ``datasets`` is asked for a name it does not have locally).
+- a parquet, csv or arrow file, or a directory written by ``save_to_disk``, read with ``datasets``
+  (an optional package);
+- ``hf:NAME``, a Hugging Face dataset such as ``hf:HuggingFaceH4/MATH-500``, through
+  ``datasets.load_dataset`` (from its cache, or downloaded). Only with the prefix: a path that does
+  not exist is a FileNotFoundError, never a request to the Hub.
 
 Every record becomes a dict with a str ``id``, ``problem`` and ``answer``; other fields stay.
 The problem is the first of ``problem``, ``question``, ``Problem``, ``prompt`` present (or
@@ -26,8 +27,11 @@ import json
 from pathlib import Path
 
 from rac.cli.answers import extract_boxed
+from rac.cli.data import read_text
 
 PROBLEM_FIELDS = ("problem", "question", "Problem", "prompt")
+#: A Hugging Face dataset is read only when its name carries this prefix (a typo is never sent to the Hub).
+HUB_PREFIX = "hf:"
 ANSWER_FIELDS = ("answer", "final_answer", "Answer")
 ID_FIELDS = ("id", "unique_id", "idx")
 
@@ -39,13 +43,24 @@ def load_problems(source, *, split: str = "test", problem_field: str | None = No
         raise ValueError(f"limit must be None or an int >= 1, got {limit!r}")
     if not isinstance(source, (str, Path)) or not str(source).strip():
         raise ValueError(f"source must be a file, a directory or a dataset name, got {source!r}")
+    if str(source).startswith(HUB_PREFIX):
+        name = str(source)[len(HUB_PREFIX):]
+        rows, where = _load_dataset(name, Path(name), split, hub=True), f"{name} (split {split!r})"
+        return _finish(rows, where, limit, problem_field, answer_field)
     path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{source}: no such file or directory (a Hugging Face dataset is read only when "
+                                f"named as {HUB_PREFIX}NAME, e.g. {HUB_PREFIX}HuggingFaceH4/MATH-500)")
     if path.is_file() and path.suffix == ".jsonl":
         rows, where = _read_jsonl(path), str(path)
     elif path.is_file() and path.suffix == ".json":
         rows, where = _read_json_list(path), str(path)
     else:
         rows, where = _load_dataset(source, path, split), f"{source} (split {split!r})"
+    return _finish(rows, where, limit, problem_field, answer_field)
+
+
+def _finish(rows, where, limit, problem_field, answer_field) -> list:
     if limit is not None:
         rows = rows[:limit]
     problems = [normalize_record(row, i, where, problem_field, answer_field) for i, row in enumerate(rows)]
@@ -100,20 +115,19 @@ def _answer(row: dict, index: int, where: str, answer_field) -> str:
 
 def _read_jsonl(path: Path) -> list:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
+    for lineno, line in enumerate(read_text(path, "problems file").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
     return rows
 
 
 def _read_json_list(path: Path) -> list:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, "problems file"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(data, list):
@@ -124,7 +138,7 @@ def _read_json_list(path: Path) -> list:
 _BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow", ".txt": "text"}
 
 
-def _load_dataset(source, path: Path, split: str) -> list:
+def _load_dataset(source, path: Path, split: str, hub: bool = False) -> list:
     """Records through ``datasets.load_dataset``: a data file by its builder, a directory or a name as is."""
     try:
         import datasets
@@ -144,7 +158,7 @@ def _load_dataset(source, path: Path, split: str) -> list:
         ds = datasets.load_from_disk(str(path))  # a Dataset or DatasetDict saved with save_to_disk
         if isinstance(ds, datasets.DatasetDict):
             ds = _pick_split(ds, split, source)
-    else:
+    else:  # a dataset repository checked out on disk, or (hub=True) a name
         try:
             ds = datasets.load_dataset(str(source), split=split)
         except ValueError as exc:  # an unknown split names the ones there are

@@ -25,37 +25,97 @@ from rac.cli.atomic import atomic_directory
 from rac.reference.contract.models import decoder_blocks
 
 REPORT_NAME = "report.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_model_dir(path, *, trust_remote_code: bool = False, option: str = "--model") -> Path:
+    """A save_pretrained directory that can be loaded safely, checked before anything is loaded (REL-*):
+    it exists and is a directory, its config.json is valid JSON, it holds ``*.safetensors`` weights
+    whose headers read (pickle checkpoints are refused: loading one can run arbitrary code), and it
+    needs no code of its own unless ``trust_remote_code``. Each error names the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{option} {path}: no such directory")
+    if not path.is_dir():
+        raise ValueError(f"{option} {path} is not a directory (expected a save_pretrained directory)")
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{option} {path} has no config.json (expected a save_pretrained directory)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ValueError(f"{config_path} is not valid JSON{where}: the model's config is damaged") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} must hold a JSON object")
+    if "auto_map" in config and not trust_remote_code:
+        raise ValueError(f"{config_path} names code of the model's own (auto_map): it is not run unless you "
+                         "trust it, with --trust-remote-code")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        hint = f"; it has {found}: convert them to safetensors first (pickle checkpoints are never loaded)"
+        hint = hint if found else ""
+        raise ValueError(f"{option} {path} holds no *.safetensors weights{hint}")
+    from safetensors import safe_open
+
+    for file in weights:
+        try:
+            size, expected = file.stat().st_size, _safetensors_end(file)
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            raise ValueError(f"{file} is not a safetensors file (its header does not read: {exc})") from None
+        if size < expected:
+            raise ValueError(f"{file} is truncated ({size:,} of {expected:,} bytes); copy or download it again")
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                list(f.keys())
+        except Exception as exc:  # safetensors' own error types vary by version
+            raise ValueError(f"{file} is not a readable safetensors file ({exc}); the download or copy is "
+                             "incomplete or damaged") from None
+    return path
+
+
+def check_tokenizer_files(path, option: str = "--model") -> Path:
+    """ValueError naming the directory when it holds no tokenizer files."""
+    path = Path(path)
+    if path.is_dir() and not any((path / n).is_file() for n in TOKENIZER_FILES):
+        raise ValueError(f"{option} {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
+                         "tokenizer next to the model")
+    return path
+
+
+def _safetensors_end(file: Path) -> int:
+    """The size a safetensors file must have: 8 + header length + the largest data offset of its header."""
+    with file.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 0 < n < 100_000_000:
+            raise ValueError(f"header length {n}")
+        header = json.loads(f.read(n))
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return 8 + n + max(ends, default=0)
 
 
 def load_model(path, *, dtype=None, device=None, trust_remote_code: bool = False):
     """The causal LM in directory ``path``, loaded from its safetensors weights.
 
     dtype: e.g. torch.float32 or torch.bfloat16 (default: the checkpoint's own, as stored).
-    ValueError if ``path`` is not a directory, holds no ``*.safetensors`` (pickle checkpoints
-    are refused: loading them can run arbitrary code) or the model has no decoder blocks.
+    Checked first by ``check_model_dir`` (a missing directory, a damaged config.json, no or truncated
+    *.safetensors, code of its own without ``trust_remote_code``: errors naming the file); ValueError
+    if the model has no decoder blocks. Never asks a question on the terminal.
     """
     from transformers import AutoModelForCausalLM
 
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"model: {path} is not a directory (expected a save_pretrained directory)")
-    if not (path / "config.json").is_file():
-        raise ValueError(f"model: {path} has no config.json (expected a save_pretrained directory)")
-    if not any(path.glob("*.safetensors")):
-        found = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-        hint = (
-            f"; it has {found}: convert them to safetensors first (pickle checkpoints are never loaded)"
-            if found
-            else ""
-        )
-        raise ValueError(f"model: {path} holds no *.safetensors weights{hint}")
+    path = check_model_dir(path, trust_remote_code=trust_remote_code)
     kwargs = {"use_safetensors": True, "trust_remote_code": bool(trust_remote_code)}
     if dtype is not None:
         import transformers
 
         # transformers 5 calls it dtype; 4.x torch_dtype
         kwargs["dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"] = dtype
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"--model {path}: transformers cannot load it ({str(exc).splitlines()[0]})") from None
     decoder_blocks(model)  # ValueError when the architecture has no recognisable decoder blocks
     if device is not None:
         model.to(device)
@@ -63,14 +123,19 @@ def load_model(path, *, dtype=None, device=None, trust_remote_code: bool = False
     return model
 
 
-def load_tokenizer(path):
-    """The tokenizer saved beside the model (AutoTokenizer, local files only)."""
+def load_tokenizer(path, *, trust_remote_code: bool = False, option: str = "--model"):
+    """The tokenizer saved beside the model (AutoTokenizer, local files only); ValueError naming the
+    directory when it has no tokenizer files."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(Path(path))
+    path = check_tokenizer_files(path, option)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=bool(trust_remote_code))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{option} {path}: the tokenizer cannot be loaded ({str(exc).splitlines()[0]})") from None
 
 
-def export_pruned(model, tokenizer, out, *, report=None, overwrite: bool = False) -> Path:
+def export_pruned(model, tokenizer, out, *, report=None, overwrite: bool = False, before_rename=None) -> Path:
     """Write ``model`` (+ ``tokenizer`` and ``report``) as a save_pretrained directory at ``out``.
 
     All files are first written to a hidden temporary directory next to ``out`` and moved into
@@ -84,6 +149,8 @@ def export_pruned(model, tokenizer, out, *, report=None, overwrite: bool = False
             tokenizer.save_pretrained(tmp)
         if report is not None:
             (tmp / REPORT_NAME).write_text(json.dumps(jsonable(report), indent=2) + "\n")
+        if before_rename is not None:  # the reliability tests' fault point (rac.cli.faults)
+            before_rename()
     return Path(out)
 
 

@@ -7,10 +7,9 @@
     rac diagnose   Figure 2: token-wise error ratio prompt-only / RAC, heatmap  (commands/diagnose.py)
 
 Every subcommand module has ``add_parser(subparsers)``, which adds its parser and
-sets ``func`` (args -> exit code). Heavy imports happen inside ``func``, so
-``rac --help`` stays fast. Errors of the user's making (ValueError, TypeError,
-FileNotFoundError, FileExistsError) print one line and exit 2; anything else is a bug
-and keeps its traceback.
+sets ``func`` (args -> exit code). Errors of the user's making (ValueError, TypeError, and
+OSError: a missing or unwritable file, a full disk) print one line and exit 2; Ctrl-C prints
+one line saying how to go on and exits 130; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -40,13 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What an interrupted command prints, per command: how to go on.
+RESUME_HINT = {
+    "prune": "re-run the same command to start again; with --checkpoint-dir it resumes after the last finished block",
+    "experiment": "re-run the same command to start again",
+}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, TypeError, OSError) as exc:  # OSError: FileNotFoundError, PermissionError, a full disk
         print(f"rac {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = RESUME_HINT.get(args.command, "nothing was written")
+        print(f"\nrac {args.command}: interrupted; outputs are written only complete, so {hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

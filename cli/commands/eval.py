@@ -43,9 +43,10 @@ def write_json_atomic(path: Path, obj) -> None:
 
 def run(args) -> int:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rac.cli import preflight
     from rac.cli.eval_data import load_problems
+    from rac.cli.export import check_model_dir, load_model, load_tokenizer
 
     if args.quiet:
         from transformers.utils import logging as hf_logging
@@ -53,18 +54,25 @@ def run(args) -> int:
         hf_logging.disable_progress_bar()
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be a positive integer, got {args.threads}")
-    if args.out is not None and args.out.exists() and not args.overwrite:
-        raise FileExistsError(f"--out {args.out} exists; pass --overwrite to replace it")
-    model_dir = Path(args.model)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"--model {args.model}: not a directory (a Hugging Face model folder is expected)")
+    if args.out is not None:
+        if not str(args.out).strip():
+            raise ValueError("--out must be a file path, got an empty string")
+        if args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a directory; give a file path for the JSON")
+        if args.out.exists() and not args.overwrite:
+            raise FileExistsError(f"--out {args.out} exists; pass --overwrite to replace it")
+        preflight.writable_directory_target(args.out.parent / ".rac-probe", "--out", must_be_new=False)
+    preflight.seed(args.seed)
+    device = preflight.device(args.device)
+    model_dir = check_model_dir(args.model, trust_remote_code=args.trust_remote_code)  # before reading problems
     problems = load_problems(args.problems, split=args.split, limit=args.limit)
-    tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer or model_dir))
+    tokenizer = load_tokenizer(args.tokenizer or model_dir, trust_remote_code=args.trust_remote_code,
+                               option="--tokenizer" if args.tokenizer else "--model")
     if not args.no_chat_template and not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"the tokenizer of {args.tokenizer or model_dir} has no chat template; "
                          "pass --no-chat-template to feed each problem's raw text")
-    torch_dtype = getattr(torch, args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype).to(args.device)
+    model = load_model(model_dir, dtype=getattr(torch, args.dtype), trust_remote_code=args.trust_remote_code,
+                       device="cpu" if device == "auto" else device)
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,8 +107,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="acc@1 (SE), thinking tokens and throughput of a model on math problems")
     p.add_argument("--model", required=True, help="Hugging Face model directory (config, weights, tokenizer)")
     p.add_argument("--problems", required=True,
-                   help="problems: a .jsonl/.json file, or (with the datasets package) a data file, a dataset "
-                        "directory or a Hugging Face dataset name")
+                   help="problems: a .jsonl/.json file, or (with the datasets package) a parquet/csv file, a "
+                        "save_to_disk directory, or hf:NAME for a Hugging Face dataset")
     p.add_argument("--split", default="test", help="dataset split for dataset sources (default: test)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
@@ -118,7 +126,9 @@ def add_parser(sub) -> None:
                    help="feed the raw problem text instead of the chat-templated user turn")
     p.add_argument("--no-math-verify", action="store_true",
                    help="grade by exact match after normalisation even if math-verify is installed")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a model that needs its own code (off by default: it is refused, never prompted for)")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="write the summary and every generation as JSON")

@@ -24,6 +24,8 @@ from pathlib import Path
 #: 100 of its held-out problems for the before/after evaluation.
 DEFAULT_CALIBRATION_PROMPTS = 64
 DEFAULT_EVAL_PROBLEMS = 100
+#: Tokens per corpus window of --calibration text.
+DEFAULT_WINDOW = 128
 
 
 def add_parser(sub) -> None:
@@ -53,7 +55,8 @@ def add_parser(sub) -> None:
     cal.add_argument("--top-p", type=float, default=1.0)
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--token-budget", type=int, default=None, help="total calibration tokens (the paper: 1M)")
-    cal.add_argument("--window", type=int, default=128, help="text mode: tokens per corpus window")
+    cal.add_argument("--window", type=int, default=None,
+                     help=f"text mode: tokens per corpus window (default {DEFAULT_WINDOW})")
     pr = p.add_argument_group("Phase II: pruning")
     pr.add_argument(
         "--method", default="sparsegpt", choices=registry.names(), help="a registered pruner (default: sparsegpt)"
@@ -122,16 +125,14 @@ def run(args) -> int:
     import torch
 
     from rac import fixtures
-    from rac.reference.compress import check_compress_arguments
+    from rac.cli import faults
     from rac.cli.data import align_traces, read_corpus, read_problems, read_traces
     from rac.cli.export import export_pruned, load_model, load_tokenizer
+    from rac.reference.compress import check_compress_arguments
 
     sparsity, blocks, targets, options = _prune_arguments(args)
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.overwrite:
-        raise FileExistsError(f"--out {out} already exists; choose another path or add --overwrite")
     bundled = args.model is None
-    model_dir = Path(args.model) if args.model else fixtures.TOY_REASONER
+    model_dir, out, checkpoint_dir = _preflight(args, bundled)
     problems = read_problems(
         Path(args.prompts) if args.prompts else fixtures.TOY_TRAIN if bundled else fixtures.PROBLEMS
     )
@@ -150,18 +151,18 @@ def run(args) -> int:
         extra["traces"] = align_traces(problems, read_traces(args.traces))
     if args.calibration == "text":
         extra["corpus"] = read_corpus(Path(args.corpus) if args.corpus else fixtures.CORPUS)
-        extra["window"] = args.window
+        extra["window"] = args.window if args.window is not None else DEFAULT_WINDOW
 
     bars = not args.quiet
     if not bars:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    collect_calibration, compress, phase1_extra, phase2_extra = _implementation(args)
+    collect_calibration, compress, phase1_extra, phase2_extra = _implementation(args, checkpoint_dir, model_dir)
     torch.manual_seed(args.seed)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model = load_model(model_dir, dtype=dtype, trust_remote_code=args.trust_remote_code)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=args.trust_remote_code)
     prune_args = dict(
         method=args.method,
         sparsity=sparsity,
@@ -177,6 +178,13 @@ def run(args) -> int:
     extra.update(phase1_extra)
     before = _evaluate(model, tokenizer, held_out, args, "dense") if held_out else None
     started = time.perf_counter()
+    phase1_bar = _bar("Phase I ", "prompts") if bars else None
+
+    def phase1_progress(done, total, detail=""):
+        if phase1_bar is not None:
+            phase1_bar(done, total, detail)
+        faults.reached("phase1")
+
     calib = collect_calibration(
         model,
         tokenizer,
@@ -188,14 +196,19 @@ def run(args) -> int:
         top_p=args.top_p,
         seed=args.seed,
         token_budget=args.token_budget,
-        progress=_bar("Phase I ", "prompts") if bars else None,
+        progress=phase1_progress,
         **extra,
     )
     phase1 = time.perf_counter() - started
     started = time.perf_counter()
-    model, report = compress(
-        model, calib, progress=_bar("Phase II", "blocks") if bars else None, **prune_args, **phase2_extra
-    )
+    phase2_bar = _bar("Phase II", "blocks") if bars else None
+
+    def phase2_progress(done, total, detail=""):
+        if phase2_bar is not None:
+            phase2_bar(done, total, detail)
+        faults.reached(f"block:{done - 1}")
+
+    model, report = compress(model, calib, progress=phase2_progress, **prune_args, **phase2_extra)
     phase2 = time.perf_counter() - started
     report["phase_seconds"] = {"calibration": phase1, "compression": phase2}
     report["command"] = {
@@ -209,9 +222,53 @@ def run(args) -> int:
         report["evaluation"] = {"dense": before, "pruned": after}
         print(evaluation_table(before, after))
     if out is not None:
-        export_pruned(model, tokenizer, out, report=report, overwrite=args.overwrite)
+        export_pruned(model, tokenizer, out, report=report, overwrite=args.overwrite,
+                      before_rename=lambda: faults.reached("export"))
         print(f"wrote {out} (safetensors, tokenizer, {out / 'report.json'})")
     return 0
+
+
+def _preflight(args, bundled: bool):
+    """Everything that can be checked before the work starts (REL-*): (model dir, --out, --checkpoint-dir)."""
+    from rac import fixtures
+    from rac.cli import preflight
+    from rac.cli.export import check_model_dir, check_tokenizer_files
+
+    preflight.seed(args.seed)
+    reference = args.impl == "reference"
+    preflight.conflict(args.traces is not None and args.calibration != "offpolicy", "--traces",
+                       f"--calibration {args.calibration}", "traces are read only by --calibration offpolicy")
+    preflight.conflict(args.corpus is not None and args.calibration != "text", "--corpus",
+                       f"--calibration {args.calibration}", "the corpus is read only by --calibration text")
+    preflight.conflict(args.window is not None and args.calibration != "text", "--window",
+                       f"--calibration {args.calibration}", "corpus windows exist only in --calibration text")
+    for option, given in (("--checkpoint-dir", args.checkpoint_dir is not None),
+                          ("--gen-batch-size", args.gen_batch_size != "auto"), ("--device", args.device != "auto")):
+        preflight.conflict(reference and given, option, "--impl reference",
+                           "the reference holds everything in memory on the CPU and decodes one token at a time")
+    for option, given in (("--eval-problems", args.eval_problems is not None),
+                          ("--num-eval", args.num_eval is not None)):
+        preflight.conflict(args.no_eval and given, option, "--no-eval", "nothing is evaluated")
+    if not reference:
+        preflight.device(args.device)
+    model_dir = check_model_dir(Path(args.model) if args.model else fixtures.TOY_REASONER,
+                                trust_remote_code=args.trust_remote_code)
+    check_tokenizer_files(model_dir)
+    for option, value in (("--prompts", args.prompts), ("--traces", args.traces), ("--corpus", args.corpus)):
+        if value is not None:
+            preflight.input_file(value, option)
+    if args.eval_problems is not None and Path(args.eval_problems).suffix in (".jsonl", ".json"):
+        preflight.input_file(args.eval_problems, "--eval-problems")
+    size = preflight.model_bytes(model_dir) * (2 if args.dtype == "float32" else 1)
+    out = None
+    if args.out is not None:
+        out = preflight.writable_directory_target(args.out, "--out", overwrite=args.overwrite)
+        preflight.disk_space(out, size, "--out", "the pruned model")
+    checkpoint_dir = None
+    if args.checkpoint_dir is not None:
+        checkpoint_dir = preflight.checkpoint_directory(args.checkpoint_dir)
+        preflight.disk_space(checkpoint_dir, size, "--checkpoint-dir", "the pruned blocks")
+    return model_dir, out, checkpoint_dir
 
 
 def _eval_problems(args, bundled: bool):
@@ -259,7 +316,7 @@ def evaluation_table(before: dict, after: dict) -> str:
     return "\n".join([f"evaluation on {before['problems']} held-out problems (greedy):", *rows])
 
 
-def _implementation(args):
+def _implementation(args, checkpoint_dir, model_dir):
     """(collect_calibration, compress, extra Phase I arguments, extra Phase II arguments) of --impl."""
     if args.impl == "reference":
         from rac.reference import collect_calibration, compress
@@ -273,12 +330,22 @@ def _implementation(args):
             gen = int(gen)
         except ValueError:
             raise ValueError(f"--gen-batch-size must be 'auto' or a positive integer, got {gen!r}") from None
-    return (
-        collect_calibration,
-        compress,
-        {"batch_size": gen},
-        {"device": args.device, "checkpoint_dir": args.checkpoint_dir},
-    )
+    phase2 = {"device": args.device, "checkpoint_dir": checkpoint_dir}
+    if checkpoint_dir is not None:
+        phase2["fingerprint_extra"] = {"tokenizer": _tokenizer_digest(model_dir)}
+    return collect_calibration, compress, {"batch_size": gen}, phase2
+
+
+def _tokenizer_digest(model_dir) -> str:
+    """SHA-256 of the tokenizer files next to the model: a resume must see the same tokenizer."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*token*")) + sorted(Path(model_dir).glob("*.model")):
+        if path.is_file():
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def _prune_arguments(args):

@@ -90,3 +90,10 @@ def linear_inputs(model, calib, batch_size: int, pad_id: int) -> dict:
         for h in hooks:
             h.remove()
     return {k: torch.cat(v) for k, v in gathered.items()}
+
+
+def calibration_set(name: str, n: int = 4):
+    """A small calibration set of fixture model ``name``: the first ``n`` problems, prompt mode (no decoding)."""
+    from rac.reference import collect_calibration
+
+    return collect_calibration(fresh(name), tokenizer(name), list(problems(n)), mode="prompt")

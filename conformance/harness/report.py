@@ -286,7 +286,10 @@ def measured_cell(row) -> tuple[str, str]:
 
 def _coverage_lines(meta: dict) -> list:
     lines = []
-    for method, c in (meta.get("coverage") or {}).items():
+    coverage = meta.get("coverage") or {}
+    if coverage and not any(c["checked"] or c["not_applicable"] or c["not_checked"] for c in coverage.values()):
+        return ["coverage: no rule of a pruning method ran (every method not verified)"]
+    for method, c in coverage.items():
         lines.append(f"{method:<10} {c['status']}: {len(c['checked'])} rules checked ({c['coverage']:.0%} of those "
                      f"that apply), {len(c['not_applicable'])} not applicable, {len(c['not_checked'])} not checked"
                      + (f" ({', '.join(c['not_checked'])})" if c["not_checked"] else ""))

@@ -315,9 +315,11 @@ def test_eval_10_dataset_sources_without_datasets(tmp_path, monkeypatch):
     """Without the optional package, a dataset directory or name is a clear error (never a crash)."""
     _, data_dir = _dataset_dir(tmp_path)
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
-    for source in (data_dir, "HuggingFaceH4/MATH-500"):
+    for source in (data_dir, "hf:HuggingFaceH4/MATH-500"):
         with pytest.raises(ValueError, match="optional 'datasets' package"):
             load_problems(source)
+    with pytest.raises(FileNotFoundError, match="no such file or directory.*hf:NAME"):
+        load_problems("HuggingFaceH4/MATH-500")  # a name without hf: is a path: never sent to the Hub
 
 
 @req("EVAL-10")

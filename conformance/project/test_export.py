@@ -117,11 +117,14 @@ def test_exp_3_an_interrupted_export_leaves_nothing_that_looks_complete(tmp_path
 
 @req("EXP-4")
 def test_exp_4_loading_refuses_what_it_cannot_load_safely(tmp_path):
-    """EXP-4: load_model raises ValueError naming the problem for a missing directory, a directory
-    without config.json, one whose weights are only a pickle checkpoint (never unpickled), and
-    trust_remote_code stays False unless asked."""
-    with pytest.raises(ValueError, match="not a directory"):
+    """EXP-4: load_model raises naming the problem: FileNotFoundError for a missing directory, ValueError for
+    a file where a directory belongs, a directory without config.json, one whose weights are only a pickle
+    checkpoint (never unpickled), and trust_remote_code stays False unless asked."""
+    with pytest.raises(FileNotFoundError, match="no such directory"):
         load_model(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        load_model(tmp_path / "file")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="config.json"):
         load_model(tmp_path / "empty")
