@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from pathlib import Path
 
 from rac.cli.atomic import atomic_directory
@@ -28,14 +30,42 @@ REPORT_NAME = "report.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
+#: a Hugging Face repository id: "org/name" (letters, digits, ., _, -), optionally written hf:org/name
+_REPO_ID = re.compile(r"^(hf:)?([A-Za-z0-9][\w.-]*/[\w.-]+)$")
+
+
+def resolve_model(value, option: str = "--model") -> Path:
+    """A local directory as given, or a Hugging Face repository id ("org/name" or "hf:org/name") resolved
+    through the local Hugging Face cache (``HF_HUB_CACHE``, else the default cache), offline: nothing is
+    downloaded. FileNotFoundError naming the option when it is neither."""
+    path = Path(value)
+    if path.exists():
+        return path
+    match = _REPO_ID.match(str(value))
+    if match is None:
+        raise FileNotFoundError(f"{option} {value}: no such directory")
+    repo_id = match.group(2)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = os.environ.get("HF_HUB_CACHE") or None
+    try:
+        return Path(snapshot_download(repo_id=repo_id, local_files_only=True, cache_dir=cache))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        where = cache or "the default Hugging Face cache"
+        raise FileNotFoundError(
+            f"{option} {value}: not a local directory, and {repo_id} is not in {where}; nothing is downloaded at "
+            f"run time: fetch it first (e.g. `huggingface-cli download {repo_id}`) or give its directory"
+        ) from None
+
+
 def check_model_dir(path, *, trust_remote_code: bool = False, option: str = "--model") -> Path:
     """A save_pretrained directory that can be loaded safely, checked before anything is loaded (REL-*):
-    it exists and is a directory, its config.json is valid JSON, it holds ``*.safetensors`` weights
-    whose headers read (pickle checkpoints are refused: loading one can run arbitrary code), and it
-    needs no code of its own unless ``trust_remote_code``. Each error names the file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{option} {path}: no such directory")
+    it exists (a Hugging Face id is looked up in the local cache: ``resolve_model``) and is a directory,
+    its config.json is valid JSON, it holds ``*.safetensors`` weights whose headers read (pickle
+    checkpoints are refused: loading one can run arbitrary code), and it needs no code of its own
+    unless ``trust_remote_code``. Each error names the file."""
+    path = resolve_model(path, option)
     if not path.is_dir():
         raise ValueError(f"{option} {path} is not a directory (expected a save_pretrained directory)")
     config_path = path / "config.json"

@@ -71,8 +71,10 @@ def run(args) -> int:
     if not args.no_chat_template and not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"the tokenizer of {args.tokenizer or model_dir} has no chat template; "
                          "pass --no-chat-template to feed each problem's raw text")
+    if device == "auto":  # as rac prune: CUDA when present
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(model_dir, dtype=getattr(torch, args.dtype), trust_remote_code=args.trust_remote_code,
-                       device="cpu" if device == "auto" else device)
+                       device=device)
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,7 +97,7 @@ def _evaluate_and_report(args, model, tokenizer, problems, model_dir) -> int:
                       use_math_verify=False if args.no_math_verify else None, progress=progress)
     summary = result.summary()
     summary["settings"].update({"model": str(model_dir), "problems": str(args.problems), "split": args.split,
-                                "dtype": args.dtype, "device": args.device})
+                                "dtype": args.dtype, "device": str(model.device)})
     print(format_summary(summary))
     if args.out is not None:
         write_json_atomic(args.out, {"summary": summary, "generations": result.records()})
@@ -126,7 +128,7 @@ def add_parser(sub) -> None:
                    help="feed the raw problem text instead of the chat-templated user turn")
     p.add_argument("--no-math-verify", action="store_true",
                    help="grade by exact match after normalisation even if math-verify is installed")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU; default), cpu, cuda, cuda:N")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a model that needs its own code (off by default: it is refused, never prompted for)")
     p.add_argument("--dtype", choices=DTYPES, default="float32")

@@ -114,6 +114,9 @@ def add_parser(sub) -> None:
     )
     impl.add_argument("--gen-batch-size", default="auto", help="fast Phase I: prompts decoded together (auto or N)")
     impl.add_argument("--checkpoint-dir", default=None, help="fast Phase II: save each block there and resume from it")
+    impl.add_argument("--cache", default="dynamic", choices=("dynamic", "static"),
+                      help="fast Phase I: KV cache of the decoder; static lets transformers compile the decode step "
+                           "on CUDA (default dynamic)")
     out = p.add_argument_group("output")
     out.add_argument("--out", help="write the pruned model, tokenizer and report.json here")
     out.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -161,7 +164,9 @@ def run(args) -> int:
     collect_calibration, compress, phase1_extra, phase2_extra = _implementation(args, checkpoint_dir, model_dir)
     torch.manual_seed(args.seed)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = load_model(model_dir, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    device = compute_device(args, model_dir)
+    # Phase I decodes and the evaluation generates on the chosen device: the whole model goes there
+    model = load_model(model_dir, dtype=dtype, trust_remote_code=args.trust_remote_code, device=device)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=args.trust_remote_code)
     prune_args = dict(
         method=args.method,
@@ -212,9 +217,9 @@ def run(args) -> int:
     phase2 = time.perf_counter() - started
     report["phase_seconds"] = {"calibration": phase1, "compression": phase2}
     report["command"] = {
-        "model": str(model_dir),
         "argv": sys.argv[1:],
         **{k: v for k, v in vars(args).items() if k != "func"},
+        "model_dir": str(model_dir),  # where --model resolved (a Hugging Face id: its cached snapshot)
     }
     print(summary_table(report))
     if held_out:
@@ -226,6 +231,26 @@ def run(args) -> int:
                       before_rename=lambda: faults.reached("export"))
         print(f"wrote {out} (safetensors, tokenizer, {out / 'report.json'})")
     return 0
+
+
+def compute_device(args, model_dir) -> str:
+    """Where Phase I, the evaluation and Phase II run: --device, "auto" being CUDA when present (the reference:
+    the CPU). A model that cannot fit in the device's free memory is refused before it is loaded."""
+    import torch
+
+    from rac.cli import preflight
+
+    if args.impl == "reference":
+        return "cpu"
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda":
+        need = preflight.model_bytes(model_dir) * (2 if args.dtype == "float32" else 1)
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        if need > 0.9 * free:
+            raise ValueError(f"--device {device}: the model needs about {need / 2**30:.1f} GiB there for Phase I "
+                             f"and the evaluation, {free / 2**30:.1f} GiB are free; use a larger device (Phase II "
+                             "alone streams one block at a time: give Phase I's traces from an engine, --trace-ids)")
+    return device
 
 
 def _preflight(args, bundled: bool):
@@ -243,7 +268,8 @@ def _preflight(args, bundled: bool):
     preflight.conflict(args.window is not None and args.calibration != "text", "--window",
                        f"--calibration {args.calibration}", "corpus windows exist only in --calibration text")
     for option, given in (("--checkpoint-dir", args.checkpoint_dir is not None),
-                          ("--gen-batch-size", args.gen_batch_size != "auto"), ("--device", args.device != "auto")):
+                          ("--gen-batch-size", args.gen_batch_size != "auto"), ("--device", args.device != "auto"),
+                          ("--cache", args.cache != "dynamic")):
         preflight.conflict(reference and given, option, "--impl reference",
                            "the reference holds everything in memory on the CPU and decodes one token at a time")
     for option, given in (("--eval-problems", args.eval_problems is not None),
@@ -333,7 +359,7 @@ def _implementation(args, checkpoint_dir, model_dir):
     phase2 = {"device": args.device, "checkpoint_dir": checkpoint_dir}
     if checkpoint_dir is not None:
         phase2["fingerprint_extra"] = {"tokenizer": _tokenizer_digest(model_dir)}
-    return collect_calibration, compress, {"batch_size": gen}, phase2
+    return collect_calibration, compress, {"batch_size": gen, "cache": args.cache}, phase2
 
 
 def _tokenizer_digest(model_dir) -> str:

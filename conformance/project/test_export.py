@@ -155,3 +155,37 @@ def test_exp_4_a_model_without_decoder_blocks_is_named():
             method="wanda",
             sparsity=0.5,
         )
+
+
+def _hub_cache(root, repo_id: str, source) -> str:
+    """A Hugging Face cache laid out as huggingface_hub leaves it: models--org--name/snapshots/<rev> + refs/main."""
+    import shutil
+
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(source, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snapshot.name)
+    return str(snapshot)
+
+
+@req("EXP-5")
+def test_exp_5_model_ids_resolve_through_the_local_cache(tmp_path, monkeypatch, capsys):
+    """EXP-5: --model takes a Hugging Face id ("org/name" or "hf:org/name"), resolved through the local cache
+    (HF_HUB_CACHE), offline; an id that is not cached is a FileNotFoundError saying nothing is downloaded."""
+    from rac.cli.export import resolve_model
+    from rac.cli.main import main
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snapshot = _hub_cache(tmp_path / "hub", "acme/tiny-llama", model_dir("llama"))
+    assert str(resolve_model("acme/tiny-llama")) == snapshot
+    assert str(resolve_model("hf:acme/tiny-llama")) == snapshot
+    model = load_model("acme/tiny-llama")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    with pytest.raises(FileNotFoundError, match="not in .*nothing is downloaded"):
+        resolve_model("acme/not-cached")
+    monkeypatch.chdir(tmp_path)
+    assert main(["prune", "--model", "acme/tiny-llama", "--num-prompts", "2", "--max-new-tokens", "2", "--quiet",
+                 "--no-eval", "--out", "out"]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["command"]["model_dir"] == snapshot
