@@ -98,3 +98,49 @@ def read_corpus(path) -> str:
     if not text.strip():
         raise ValueError(f"{path}: the corpus file is empty")
     return text
+
+
+def _token_ids(row: dict, key: str, where: str, *, required: bool):
+    value = row.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"{where}: {key!r} must be a list of integer token ids")
+    return value
+
+
+def read_trace_ids(path) -> list:
+    """Traces from a serving engine as token ids, JSON lines (docs/traces.md), in file order:
+    [{"id", "problem" (or None), "trace": GivenTrace, "sampling": dict}]. Each line holds
+    ``output_ids`` (a list of ints) and ``problem`` (the problem text) and/or ``prompt_ids`` (the templated
+    prompt the engine was given); ``id`` defaults to the line number, ``sampling`` to {}. ValueError naming the
+    file and line otherwise."""
+    import torch
+
+    from rac.reference import GivenTrace
+
+    out, seen = [], {}
+    for lineno, row in _read_jsonl(path, (), "trace-ids file"):
+        where = f"{path}: line {lineno}"
+        output = _token_ids(row, "output_ids", where, required=True)
+        prompt = _token_ids(row, "prompt_ids", where, required=False)
+        problem = row.get("problem")
+        if problem is not None and (not isinstance(problem, str) or not problem.strip()):
+            raise ValueError(f"{where}: 'problem' must be a non-empty string")
+        if problem is None and prompt is None:
+            raise ValueError(f"{where}: needs 'problem' (the text) or 'prompt_ids' (the templated prompt's ids)")
+        sampling = row.get("sampling", {})
+        if not isinstance(sampling, dict):
+            raise ValueError(f"{where}: 'sampling' must be an object such as {{\"temperature\": 0.6, \"top_p\": 0.95}}")
+        rid = str(row.get("id", lineno))
+        if rid in seen:
+            raise ValueError(f"{where} repeats id {rid!r} of line {seen[rid]}")
+        seen[rid] = lineno
+        trace = GivenTrace(torch.tensor(output, dtype=torch.long),
+                           None if prompt is None else torch.tensor(prompt, dtype=torch.long))
+        out.append({"id": rid, "problem": problem, "trace": trace, "sampling": sampling})
+    temperatures = {float(r["sampling"].get("temperature", 0.0)) for r in out}
+    if len(temperatures) > 1:
+        raise ValueError(f"{path}: the traces were sampled at several temperatures {sorted(temperatures)}; give one "
+                         "setting per file")
+    return out

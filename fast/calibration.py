@@ -50,19 +50,20 @@ CPU_BATCH = 16
 
 def collect_calibration(
     model, tokenizer, prompts, *, mode, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0, seed=0,
-    token_budget=None, corpus=None, traces=None, trace_model=None, window=128, batch_size="auto",
+    token_budget=None, corpus=None, traces=None, trace_model=None, trace_ids=None, window=128, batch_size="auto",
     cache="dynamic", progress=None,
 ) -> CalibrationSet:
     """Phase I of Algorithm 1 with batched decoding; see ``rac.reference.collect_calibration``.
 
     batch_size: prompts decoded together ("auto" or a positive int). cache: "dynamic" or "static".
     """
-    decodes = mode == "rac" or (mode == "offpolicy" and trace_model is not None and traces is None)
-    if not decodes:  # nothing to decode: tokenisation only, the reference is as fast as anything
+    generated_offpolicy = mode == "offpolicy" and trace_model is not None and traces is None
+    decodes = trace_ids is None and (mode == "rac" or generated_offpolicy)
+    if not decodes:  # nothing to decode (traces given as text or token ids): the reference is as fast as anything
         return ref.collect_calibration(
             model, tokenizer, prompts, mode=mode, max_new_tokens=max_new_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, seed=seed, token_budget=token_budget, corpus=corpus, traces=traces,
-            trace_model=trace_model, window=window, progress=progress,
+            trace_model=trace_model, trace_ids=trace_ids, window=window, progress=progress,
         )
     ref.check_calibration_options(mode, max_new_tokens, temperature, top_k, top_p, token_budget, window, seed)
     if cache not in ("dynamic", "static"):

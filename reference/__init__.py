@@ -21,6 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .calibration import collect_calibration
 from .calibration_set import LABELS, CalibrationSet
 from .compress import compress
+from .given_traces import GivenTrace
 from .contract import registry
 from .contract.patterns import Pattern, parse_pattern, pruned_count
 from .hessian import hessian
@@ -55,6 +56,7 @@ __all__ = [
     "CAPABILITIES",
     "CalibrationSet",
     "CholeskyError",
+    "GivenTrace",
     "LABELS",
     "Pattern",
     "PruneResult",

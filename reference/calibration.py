@@ -333,7 +333,8 @@ def _generate_row(job, model, prompt, stream, label, remaining, capture) -> _Row
 
 def collect_calibration(
     model, tokenizer, prompts, *, mode, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0, seed=0,
-    token_budget=None, corpus=None, traces=None, trace_model=None, window=128, capture=False, progress=None,
+    token_budget=None, corpus=None, traces=None, trace_model=None, trace_ids=None, window=128, capture=False,
+    progress=None,
 ) -> CalibrationSet:
     """Phase I of Algorithm 1: the calibration sequences of ``mode`` with a source label per token.
 
@@ -349,6 +350,10 @@ def collect_calibration(
         the last one is cut so the total is exactly the budget (the authors' code keeps the
         last row whole instead); in rac, decoding of the last trace stops at the budget.
         If the data runs out first: a UserWarning and what there is.
+    trace_ids: for "rac" or "offpolicy": per prompt a ``GivenTrace`` (token ids from a serving engine,
+        ``given_traces.py``) or None (skip it); nothing is decoded. With "rac" the traces are labelled
+        decode and the on-policy claim is checked (``check_on_policy``, result in meta["policy_check"]).
+        ``temperature`` then says how they were sampled (0: greedy, replayed token for token).
     capture: also return, per sequence, the input of every decoder block at every position
         as computed while the set was made (decode time for rac; one forward over the
         sequence otherwise), in ``activations``. They are always ``model``'s (for offpolicy
@@ -365,7 +370,10 @@ def collect_calibration(
     meta = dict(mode=mode, seed=seed, **opts, token_budget=token_budget)
     with eval_mode(model, trace_model):
         with torch.no_grad():
-            rows = _collect(job, mode, prompts, corpus, traces, trace_model, window, meta)
+            if trace_ids is not None:
+                rows = _collect_given_ids(job, mode, prompts, trace_ids, traces, trace_model, meta)
+            else:
+                rows = _collect(job, mode, prompts, corpus, traces, trace_model, window, meta)
     total = sum(r.ids.numel() for r in rows)
     if token_budget is not None and total < token_budget:
         warnings.warn(
@@ -408,6 +416,51 @@ def _collect(job, mode, prompts, corpus, traces, trace_model, window, meta) -> l
     meta["trace_source"] = "traces"
     meta["skipped"] = [i for i, t in enumerate(traces) if t is None] if isinstance(traces, (list, tuple)) else None
     return _collect_offpolicy_file(job, prompts, prompt_ids, traces)
+
+
+def _collect_given_ids(job, mode, prompts, trace_ids, traces, trace_model, meta) -> list:
+    """Prompt + a trace given as token ids (a serving engine's output), labelled decode (mode rac, the on-policy
+    claim checked) or offpolicy; None skips a prompt. Budget and context as for every mode."""
+    from .given_traces import GivenTrace, check_on_policy, prompt_and_trace
+
+    if mode not in ("rac", "offpolicy"):
+        raise ValueError(f"trace_ids are traces: they need mode 'rac' or 'offpolicy', got mode={mode!r}")
+    if traces is not None or trace_model is not None:
+        raise ValueError("trace_ids cannot be combined with traces or trace_model (one source of traces)")
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or len(prompts) != len(trace_ids):
+        raise ValueError(f"trace_ids must have one entry (a GivenTrace or None) per prompt ({len(prompts)}), "
+                         f"got {len(trace_ids) if hasattr(trace_ids, '__len__') else trace_ids!r}")
+    vocab = job.model.get_input_embeddings().num_embeddings
+    pairs = []
+    for i, (problem, given) in enumerate(zip(prompts, trace_ids)):
+        if given is None:
+            pairs.append(None)
+            continue
+        if not isinstance(given, GivenTrace):
+            raise ValueError(f"trace_ids[{i}] must be a GivenTrace or None, got {type(given).__name__}")
+        prompt, trace = prompt_and_trace(job.tokenizer, problem, given, i, vocab, template_prompt)
+        check_prompt_lengths([prompt], job.context, trace.numel(), f"trace_ids[{i}] ({trace.numel()} tokens)", first=i)
+        pairs.append((prompt, trace))
+    label = "decode" if mode == "rac" else "offpolicy"
+
+    def make_row(i, remaining):
+        if pairs[i] is None:
+            return None
+        ids, labels = labelled((pairs[i][0], "prompt"), (pairs[i][1], label))
+        if remaining is not None:
+            ids, labels = ids[:remaining], labels[:remaining]
+        return _Row(ids, labels, job.block_inputs(ids))
+
+    rows = _budgeted(make_row, range(len(pairs)), job.token_budget, job.progress)
+    meta["trace_source"] = "token ids"
+    meta["skipped"] = [i for i, p in enumerate(pairs) if p is None]
+    if mode == "rac":
+        kept = [p for p in pairs if p is not None]
+        meta["policy_check"] = check_on_policy(
+            job.model, [torch.cat(p) for p in kept], [p[0].numel() for p in kept],
+            temperature=job.opts["temperature"],
+        )
+    return rows
 
 
 def _collect_text(job, corpus, window) -> list:

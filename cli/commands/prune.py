@@ -45,6 +45,10 @@ def add_parser(sub) -> None:
         help=f"use only the first N problems (default: all; {DEFAULT_CALIBRATION_PROMPTS} with the bundled model)",
     )
     src.add_argument("--traces", help="offpolicy: JSON lines {id, trace} matched to the problems' ids")
+    src.add_argument("--trace-ids", default=None,
+                     help="rac or offpolicy: traces as token ids from a serving engine (JSON lines with output_ids and "
+                          "problem and/or prompt_ids, docs/traces.md); nothing is decoded. With rac the on-policy "
+                          "claim is checked")
     src.add_argument("--corpus", help="text: a plain-text corpus (default: the bundled corpus)")
     src.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
     cal = p.add_argument_group("Phase I: calibration")
@@ -129,16 +133,20 @@ def run(args) -> int:
 
     from rac import fixtures
     from rac.cli import faults
-    from rac.cli.data import align_traces, read_corpus, read_problems, read_traces
+    from rac.cli.data import align_traces, read_corpus, read_problems, read_trace_ids, read_traces
     from rac.cli.export import export_pruned, load_model, load_tokenizer
     from rac.reference.compress import check_compress_arguments
 
     sparsity, blocks, targets, options = _prune_arguments(args)
     bundled = args.model is None
     model_dir, out, checkpoint_dir = _preflight(args, bundled)
-    problems = read_problems(
-        Path(args.prompts) if args.prompts else fixtures.TOY_TRAIN if bundled else fixtures.PROBLEMS
-    )
+    given = read_trace_ids(args.trace_ids) if args.trace_ids else None
+    if given is not None:  # the problems are those of the traces
+        problems = [{"id": r["id"], "problem": r["problem"] or ""} for r in given]
+    else:
+        problems = read_problems(
+            Path(args.prompts) if args.prompts else fixtures.TOY_TRAIN if bundled else fixtures.PROBLEMS
+        )
     num_prompts = (
         args.num_prompts if args.num_prompts is not None else (DEFAULT_CALIBRATION_PROMPTS if bundled else None)
     )
@@ -148,9 +156,14 @@ def run(args) -> int:
         problems = problems[:num_prompts]
     held_out = _eval_problems(args, bundled)
     extra = {}
-    if args.calibration == "offpolicy":
+    temperature = args.temperature
+    if given is not None:
+        extra["trace_ids"] = [r["trace"] for r in given[: len(problems)]]
+        temperature = float(given[0]["sampling"].get("temperature", 0.0))  # how the engine sampled them
+    elif args.calibration == "offpolicy":
         if not args.traces:
-            raise ValueError("--traces FILE is required with --calibration offpolicy")
+            raise ValueError("--traces FILE (text) or --trace-ids FILE (token ids) is required with "
+                             "--calibration offpolicy")
         extra["traces"] = align_traces(problems, read_traces(args.traces))
     if args.calibration == "text":
         extra["corpus"] = read_corpus(Path(args.corpus) if args.corpus else fixtures.CORPUS)
@@ -196,7 +209,7 @@ def run(args) -> int:
         [p["problem"] for p in problems],
         mode=args.calibration,
         max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
+        temperature=temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
@@ -205,6 +218,9 @@ def run(args) -> int:
         **extra,
     )
     phase1 = time.perf_counter() - started
+    if given is not None:
+        calib.meta["trace_file"] = str(args.trace_ids)
+        calib.meta["trace_sampling"] = given[0]["sampling"]
     started = time.perf_counter()
     phase2_bar = _bar("Phase II", "blocks") if bars else None
 
@@ -263,6 +279,11 @@ def _preflight(args, bundled: bool):
     reference = args.impl == "reference"
     preflight.conflict(args.traces is not None and args.calibration != "offpolicy", "--traces",
                        f"--calibration {args.calibration}", "traces are read only by --calibration offpolicy")
+    preflight.conflict(args.trace_ids is not None and args.calibration not in ("rac", "offpolicy"), "--trace-ids",
+                       f"--calibration {args.calibration}", "traces go with --calibration rac or offpolicy")
+    for option, value in (("--traces", args.traces), ("--prompts", args.prompts)):
+        preflight.conflict(args.trace_ids is not None and value is not None, option, "--trace-ids",
+                           "the traces file holds the problems and their traces")
     preflight.conflict(args.corpus is not None and args.calibration != "text", "--corpus",
                        f"--calibration {args.calibration}", "the corpus is read only by --calibration text")
     preflight.conflict(args.window is not None and args.calibration != "text", "--window",
@@ -280,7 +301,8 @@ def _preflight(args, bundled: bool):
     model_dir = check_model_dir(Path(args.model) if args.model else fixtures.TOY_REASONER,
                                 trust_remote_code=args.trust_remote_code)
     check_tokenizer_files(model_dir)
-    for option, value in (("--prompts", args.prompts), ("--traces", args.traces), ("--corpus", args.corpus)):
+    for option, value in (("--prompts", args.prompts), ("--traces", args.traces), ("--corpus", args.corpus),
+                          ("--trace-ids", args.trace_ids)):
         if value is not None:
             preflight.input_file(value, option)
     if args.eval_problems is not None and Path(args.eval_problems).suffix in (".jsonl", ".json"):
@@ -427,6 +449,7 @@ def summary_table(report: dict) -> str:
         + (f" sparsity {report['sparsity']}" if report["sparsity"] is not None else "")
         + f", {report['propagation']} propagation, calibration {cal.get('meta', {}).get('mode', '?')}: "
         + f"{cal['sequences']} sequences, {cal['tokens']} tokens "
+        + _trace_source(cal.get("meta", {}))
         + "("
         + ", ".join(f"{k} {cal[k]}" for k in ("text", "prompt", "decode", "offpolicy") if cal.get(k))
         + ")",
@@ -448,6 +471,27 @@ def summary_table(report: dict) -> str:
         + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
     )
     return "\n".join(lines)
+
+
+def _trace_source(meta: dict) -> str:
+    """Where the traces of the calibration came from, for the summary's header."""
+    source = meta.get("trace_source")
+    mode = meta.get("mode")
+    if mode not in ("rac", "offpolicy"):
+        return ""
+    if source == "token ids":
+        text = f"[traces: token ids from {meta.get('trace_file', 'the caller')}"
+        check = meta.get("policy_check") or {}
+        if "greedy_agreement" in check:
+            text += f", greedy agreement with the model {check['greedy_agreement']:.3f}"
+        elif check:
+            text += f", mean log-prob per token under the model {check['mean_logprob']:.3f}"
+        return text + "] "
+    if source == "traces":
+        return "[traces: text from a file] "
+    if source == "trace_model":
+        return "[traces: decoded by another model] "
+    return "[traces: decoded by the model itself] "
 
 
 def _fmt(value) -> str:
