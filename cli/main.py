@@ -2,6 +2,7 @@
 
     rac layer      prune one random layer with every method, print the report   (commands/layer.py)
     rac prune      Algorithm 1 on a Hugging Face model, export the pruned model (commands/prune.py)
+    rac calibrate  Phase I only: the calibration set for llm-compressor & co  (commands/calibrate.py)
     rac eval       acc@1 (SE) and thinking tokens of a model on math problems   (commands/eval.py)
     rac experiment the paper's calibration x method x sparsity grid, table, plot (commands/experiment.py)
     rac diagnose   Figure 2: token-wise error ratio prompt-only / RAC, heatmap  (commands/diagnose.py)
@@ -22,6 +23,7 @@ import sys
 COMMAND_MODULES = (
     "rac.cli.commands.layer",
     "rac.cli.commands.prune",
+    "rac.cli.commands.calibrate",
     "rac.cli.commands.eval",
     "rac.cli.commands.experiment",
     "rac.cli.commands.diagnose",
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 RESUME_HINT = {
     "prune": "re-run the same command to start again; with --checkpoint-dir it resumes after the last finished block",
     "experiment": "re-run the same command to start again",
+    "calibrate": "re-run the same command to start again",
 }
 
 

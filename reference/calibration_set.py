@@ -7,9 +7,15 @@ split the objective into prompt and decode parts (the paper's Figure 2 story).
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+
+#: Format tag of ``CalibrationSet.save`` (first line of the JSONL file).
+FORMAT = "rac-calibration-set/1"
 
 #: Source labels (design: text = generic corpus windows, prompt = chat-templated
 #: problem statement, decode = on-policy trace of the dense model, offpolicy =
@@ -71,3 +77,73 @@ class CalibrationSet:
 
     def summary(self) -> dict:
         return {"sequences": len(self), "tokens": self.num_tokens, **{label: self.count(label) for label in LABELS}}
+
+    def token_weights(self, i: int) -> torch.Tensor:
+        """Weight of each token of sequence ``i`` in H: 1 for every token (Phase II sums x x^T over every
+        real token, whatever its source; the labels only split the report, P2-3). Padding is never a token
+        of the set, so it has no weight at all."""
+        return torch.ones(self.sequences[i].numel(), dtype=torch.float64)
+
+    def records(self) -> list:
+        """One JSON-able dict per sequence: ``input_ids``, ``labels`` (the source name of every token) and
+        ``token_weights``."""
+        return [
+            {"input_ids": ids.tolist(), "labels": [LABELS[c] for c in lab.tolist()],
+             "token_weights": self.token_weights(i).tolist()}
+            for i, (ids, lab) in enumerate(zip(self.sequences, self.labels))
+        ]
+
+    def save(self, path) -> Path:
+        """Write the set to ``path`` as JSON lines, all or nothing (the project's atomic writer: on any error
+        ``path`` is left as it was): a header ``{"format", "labels", "meta"}``, then one line per sequence
+        (``records``). Activations are not saved (Phase II recomputes them from the tokens, CAL-1)."""
+        from rac.cli.atomic import atomic_file
+
+        path = Path(path)
+        header = {"format": FORMAT, "labels": list(LABELS), "meta": _jsonable(self.meta)}
+        with atomic_file(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(header) + "\n")
+                for record in self.records():
+                    f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        return path
+
+    @classmethod
+    def load(cls, path) -> "CalibrationSet":
+        """The set ``save`` wrote; ValueError naming the file and line if it is not one."""
+        path = Path(path)
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+        try:
+            header = json.loads(lines[0]) if lines else None
+        except json.JSONDecodeError:
+            header = None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise ValueError(f"{path}: line 1 must be the header {{\"format\": \"{FORMAT}\", ...}} of a saved "
+                             "calibration set")
+        sequences, labels = [], []
+        for lineno, line in enumerate(lines[1:], start=2):
+            try:
+                row = json.loads(line)
+                ids = torch.tensor(row["input_ids"], dtype=torch.long)
+                lab = torch.tensor([LABELS.index(name) for name in row["labels"]], dtype=torch.long)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}: line {lineno}: not a calibration sequence ({exc})") from None
+            sequences.append(ids)
+            labels.append(lab)
+        return cls(sequences, labels, meta=header.get("meta", {}))
+
+
+def _jsonable(value):
+    """meta as JSON: tensors as lists, anything else unknown as its str."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
