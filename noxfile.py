@@ -40,7 +40,7 @@ def plain(session):
     session.install(".")
     session.run("rac", "--help", silent=True)
     session.run("rac", "--version")
-    for command in ("layer", "prune", "eval", "experiment", "diagnose"):
+    for command in ("layer", "prune", "calibrate", "eval", "experiment", "diagnose"):
         session.run("rac", command, "--help", silent=True)
     session.run("rac", "layer", "--in", "64", "--out", "16", "--tokens", "128")
 
@@ -120,6 +120,10 @@ def conformance_llmcompressor(session):
     )
     # the reproductions quoted in docs/ports/llmcompressor.md still reproduce
     session.run("pytest", "docs/ports/test_llmcompressor_repros.py", "-q")
+    # rac calibrate's dataset and recipe give llm-compressor's SparseGPT rac.fast's Hessians (LC-RECIPE), and the
+    # rac calibrate command itself (it needs datasets, which llm-compressor brings)
+    session.run("pytest", "conformance/project/test_calibrate_llmcompressor.py",
+                "conformance/project/test_calibrate.py", "-q", "-p", "no:cacheprovider")
 
 
 @nox.session

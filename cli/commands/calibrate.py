@@ -116,6 +116,7 @@ def run(args) -> int:
     from rac.cli.export import load_model, load_tokenizer
 
     bundled = args.model is None
+    _require_datasets()
     checks = argparse.Namespace(**{**vars(args), **NOT_HERE})
     model_dir, _, _ = _preflight(checks, bundled)  # rac prune's checks of every Phase I option
     out = preflight.writable_directory_target(args.out, "--out", overwrite=args.overwrite)
@@ -168,6 +169,15 @@ def run(args) -> int:
     print(f"wrote {out} ({JSONL_NAME}, {DATASET_DIR}/, {RECIPE_NAME}; about {json_size / 2**20:.1f} MiB)")
     print(f"\n# {out / RECIPE_NAME}\n{recipe}")
     return 0
+
+
+def _require_datasets() -> None:
+    """ValueError before any work when the ``datasets`` package (for ``--out``'s dataset/) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("datasets") is None:
+        raise ValueError("--out: writing the calibration set as a datasets dataset needs the datasets package, "
+                         "which is not installed: pip install 'rac-spec[eval]' (or pip install datasets)")
 
 
 def _estimate_bytes(calib) -> int:
@@ -237,6 +247,6 @@ FAITHFUL = dict(
 
 def prune(model, tokenizer, sparsity=0.5, **recipe_options):
     return oneshot(model=model, tokenizer=tokenizer, dataset=dataset,
-                   recipe=SparseGPTModifier(sparsity=sparsity, targets="Linear", ignore=["lm_head"], **recipe_options),
+                   recipe=SparseGPTModifier(sparsity=sparsity, ignore=["re:.*lm_head"], **recipe_options),
                    **FAITHFUL)
 '''
