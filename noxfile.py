@@ -120,7 +120,7 @@ def conformance_llmcompressor(session):
     )
     # the reproductions quoted in docs/ports/llmcompressor.md still reproduce
     session.run("pytest", "docs/ports/test_llmcompressor_repros.py", "-q")
-    # rac calibrate's dataset and recipe give llm-compressor's SparseGPT rac.fast's Hessians (LC-RECIPE), and the
+    # rac calibrate's dataset and recipe give llm-compressor's SparseGPT rac.fast's Hessians (CAL-14), and the
     # rac calibrate command itself (it needs datasets, which llm-compressor brings)
     session.run("pytest", "conformance/project/test_calibrate_llmcompressor.py",
                 "conformance/project/test_calibrate.py", "-q", "-p", "no:cacheprovider")

@@ -1,4 +1,4 @@
-"""``rac calibrate``: Phase I only, the calibration set written for other tools (spec CAL-13, LC-RECIPE).
+"""``rac calibrate``: Phase I only, the calibration set written for other tools (spec CAL-13, CAL-14).
 
     rac calibrate --model DIR --prompts FILE --calibration rac --out DIR
 
@@ -214,7 +214,7 @@ def load_dataset_set(directory):
 
 def llmcompressor_recipe(calib) -> str:
     """The python snippet that hands ``calib`` to llm-compressor's ``oneshot`` so that its Hessians are those of
-    rac.fast for this set (spec LC-RECIPE): every sequence, whole, in one batch each, never shuffled or padded."""
+    rac.fast for this set (spec CAL-14): every sequence, whole, in one batch each, never shuffled or padded."""
     longest = max((int(s.numel()) for s in calib.sequences), default=1)
     uniform = all(bool((calib.token_weights(i) == 1).all()) for i in range(len(calib)))
     weights = ("every token has weight 1, as in rac.fast's H: llm-compressor gives each token fed to it weight 1"

@@ -1,4 +1,4 @@
-"""LC-RECIPE: llm-compressor's SparseGPT calibrated on ``rac calibrate``'s dataset accumulates rac.fast's H.
+"""CAL-14: llm-compressor's SparseGPT calibrated on ``rac calibrate``'s dataset accumulates rac.fast's H.
 
 Runs only where llm-compressor is installed (``nox -s conformance_llmcompressor``). The Hessians are
 read where llm-compressor's SparseGPT uses them: its ``sparsify_weight`` is replaced, for the test,
@@ -94,7 +94,7 @@ def _deviation(lc: dict, rac: dict, calib) -> tuple:
     for the same tokens). Bound: each H is a float32 sum of the N token products (plus, in llm-compressor, a
     rescaling, a scaling and an add per sequence: 3 S more roundings, and 1 for 2/S here), and a float32 sum of
     n terms errs by at most n u Σ|x_ti x_tj| <= n u sqrt(H_ii H_jj) (Higham, Thm 3.5 / Cauchy-Schwarz)."""
-    assert set(lc) == set(rac), f"LC-RECIPE: llm-compressor calibrated {sorted(set(lc) ^ set(rac))} differently"
+    assert set(lc) == set(rac), f"CAL-14: llm-compressor calibrated {sorted(set(lc) ^ set(rac))} differently"
     S, N = len(calib), calib.num_tokens
     worst = 0.0
     for key, H in lc.items():
@@ -127,8 +127,8 @@ def _dataset(out):
     return load_from_disk(str(out / DATASET_DIR)).select_columns(["input_ids"])
 
 
-@req("LC-RECIPE")
-def test_lc_recipe_faithful_oneshot_accumulates_rac_fast_hessians(rac_set):
+@req("CAL-14")
+def test_cal_14_faithful_oneshot_accumulates_rac_fast_hessians(rac_set):
     """The recipe rac calibrate writes, run as written (its ``prune``), gives llm-compressor's SparseGPT the H of
     rac.fast for every linear of every block, up to the 2/S scale, within float32 summation error."""
     calib, out, rac = rac_set
@@ -139,8 +139,8 @@ def test_lc_recipe_faithful_oneshot_accumulates_rac_fast_hessians(rac_set):
     lc = _lc_hessians(lambda model, tokenizer: recipe["prune"](model, tokenizer, sparsity=0.5))
     assert len(lc) == 14, f"every linear of both blocks calibrated, got {sorted(lc)}"
     worst, bound = _deviation(lc, rac, calib)
-    print(f"LC-RECIPE faithful: max |H_lc - 2/S H_rac| / sqrt(H_ii H_jj) = {worst:.2e} (float32 bound {bound:.2e})")
-    assert worst <= bound, f"LC-RECIPE: llm-compressor's H is {worst:.2e} from rac.fast's, beyond {bound:.2e}"
+    print(f"CAL-14 faithful: max |H_lc - 2/S H_rac| / sqrt(H_ii H_jj) = {worst:.2e} (float32 bound {bound:.2e})")
+    assert worst <= bound, f"CAL-14: llm-compressor's H is {worst:.2e} from rac.fast's, beyond {bound:.2e}"
 
 
 #: llm-compressor settings that change what it calibrates on; the set's longest sequence is 85 tokens, its
@@ -152,31 +152,31 @@ UNFAITHFUL = {
 }
 
 
-@req("LC-RECIPE")
+@req("CAL-14")
 @pytest.mark.parametrize("case", list(UNFAITHFUL))
-def test_lc_recipe_other_settings_calibrate_on_other_tokens(rac_set, case):
+def test_cal_14_other_settings_calibrate_on_other_tokens(rac_set, case):
     """Truncation and padding change llm-compressor's H far beyond rounding (the shuffle default left on)."""
     calib, out, rac = rac_set
     lengths = sorted(s.numel() for s in calib.sequences)
     assert 48 < lengths[0] < lengths[-1], f"the cases assume lengths above 48, not all equal: {lengths}"
     worst, bound = _deviation(_lc_hessians(_oneshot(_dataset(out), **UNFAITHFUL[case])), rac, calib)
-    print(f"LC-RECIPE {case}: max |H_lc - 2/S H_rac| / sqrt(H_ii H_jj) = {worst:.2e} (float32 bound {bound:.2e})")
+    print(f"CAL-14 {case}: max |H_lc - 2/S H_rac| / sqrt(H_ii H_jj) = {worst:.2e} (float32 bound {bound:.2e})")
     # 1e-2: a hundredth of the largest product, hundreds of times the rounding bound: other tokens, not rounding
-    assert worst > 1e-2, f"LC-RECIPE: {case} should calibrate on other tokens, H differs by only {worst:.2e}"
+    assert worst > 1e-2, f"CAL-14: {case} should calibrate on other tokens, H differs by only {worst:.2e}"
 
 
-@req("LC-RECIPE")
-def test_lc_recipe_defaults_with_few_sequences_only_reorder(rac_set):
+@req("CAL-14")
+def test_cal_14_defaults_with_few_sequences_only_reorder(rac_set):
     """With llm-compressor 0.14's own defaults (batch 1, no max_seq_length, shuffled, 512 samples) a set of fewer
     than 512 sequences is calibrated whole; shuffling changes only the float32 rounding (LC-6)."""
     calib, out, rac = rac_set
     worst, bound = _deviation(_lc_hessians(_oneshot(_dataset(out))), rac, calib)
-    print(f"LC-RECIPE defaults, {len(calib)} sequences: {worst:.2e} (float32 bound {bound:.2e})")
+    print(f"CAL-14 defaults, {len(calib)} sequences: {worst:.2e} (float32 bound {bound:.2e})")
     assert worst <= bound
 
 
-@req("LC-RECIPE")
-def test_lc_recipe_defaults_take_512_random_sequences_of_a_larger_set(tmp_path):
+@req("CAL-14")
+def test_cal_14_defaults_take_512_random_sequences_of_a_larger_set(tmp_path):
     """The default num_calibration_samples=512 (shuffled) calibrates on a random 512 of a larger set; the
     recipe's num_calibration_samples=len(dataset) on all of them."""
     g = torch.Generator().manual_seed(0)
@@ -189,7 +189,7 @@ def test_lc_recipe_defaults_take_512_random_sequences_of_a_larger_set(tmp_path):
     recipe = runpy.run_path(str(tmp_path / RECIPE_NAME))
     faithful, bound = _deviation(_lc_hessians(lambda m, t: recipe["prune"](m, t)), rac, calib)
     default, _ = _deviation(_lc_hessians(_oneshot(_dataset(tmp_path))), rac, calib)
-    print(f"LC-RECIPE {S} sequences: recipe {faithful:.2e}, defaults (512 of them) {default:.2e} (bound {bound:.2e})")
+    print(f"CAL-14 {S} sequences: recipe {faithful:.2e}, defaults (512 of them) {default:.2e} (bound {bound:.2e})")
     assert faithful <= bound
     # 512 of 600 i.i.d. sequences: H moves by about the weight of the 88 left out, ~88/600 of an entry's scale
-    assert default > 1e-2, f"LC-RECIPE: 512 of {S} sequences should change H, it moved by {default:.2e}"
+    assert default > 1e-2, f"CAL-14: 512 of {S} sequences should change H, it moved by {default:.2e}"
