@@ -51,7 +51,7 @@ CPU_BATCH = 16
 def collect_calibration(
     model, tokenizer, prompts, *, mode, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0, seed=0,
     token_budget=None, corpus=None, traces=None, trace_model=None, trace_ids=None, window=128, batch_size="auto",
-    cache="dynamic", progress=None,
+    cache="dynamic", progress=None, check_policy=True,
 ) -> CalibrationSet:
     """Phase I of Algorithm 1 with batched decoding; see ``rac.reference.collect_calibration``.
 
@@ -63,7 +63,7 @@ def collect_calibration(
         return ref.collect_calibration(
             model, tokenizer, prompts, mode=mode, max_new_tokens=max_new_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, seed=seed, token_budget=token_budget, corpus=corpus, traces=traces,
-            trace_model=trace_model, trace_ids=trace_ids, window=window, progress=progress,
+            trace_model=trace_model, trace_ids=trace_ids, window=window, progress=progress, check_policy=check_policy,
         )
     ref.check_calibration_options(mode, max_new_tokens, temperature, top_k, top_p, token_budget, window, seed)
     if cache not in ("dynamic", "static"):

@@ -51,8 +51,10 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def fingerprint(model, calibration, args: dict, extra: dict | None = None) -> dict:
-    """What a checkpoint must match to be resumed: {part: digest} (so a mismatch can say which part)."""
+def fingerprint(model, calibration, args: dict, extra: dict | None = None, weights: str | None = None) -> dict:
+    """What a checkpoint must match to be resumed: {part: digest} (so a mismatch can say which part).
+    ``weights``: a digest of the weights computed elsewhere (streamed weights: of their files), else
+    ``weights_digest(model)``."""
     calib = hashlib.sha256()
     for seq, lab in zip(calibration.sequences, calibration.labels):
         calib.update(seq.numpy().tobytes())
@@ -63,7 +65,7 @@ def fingerprint(model, calibration, args: dict, extra: dict | None = None) -> di
         "calibration": calib.hexdigest(),
         "model config": hashlib.sha256(
             json.dumps(text_config(model).to_dict(), sort_keys=True, default=str).encode()).hexdigest(),
-        "model weights": weights_digest(model),
+        "model weights": weights if weights is not None else weights_digest(model),
     }
     for key, value in (extra or {}).items():
         parts[str(key)] = json.dumps(value, sort_keys=True, default=str)

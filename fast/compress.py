@@ -57,6 +57,7 @@ from .checkpoint import Checkpoint, fingerprint
 from . import plan as memory
 from .plan import InsufficientMemoryError, check_memory, plan_memory, resolve_device
 from .prune import prune_shared
+from .streamed import check_materialised
 
 
 def _objective(D: torch.Tensor, H: torch.Tensor) -> float:
@@ -83,6 +84,7 @@ def compress(
     offload_activations="auto",
     checkpoint_dir=None,
     fingerprint_extra=None,
+    stream=None,
     restore_on_error=True,
     progress=None,
     **options,
@@ -98,10 +100,15 @@ def compress(
         a resume must match the model's weights, the calibration and every option (fast/checkpoint.py).
     fingerprint_extra: anything else a resume must match (a dict; the ``rac`` command adds its
         tokenizer's files).
+    stream: a ``rac.fast.streamed.StreamedWeights`` (``.into(out_dir)``) for a model built by its
+        ``skeleton()``: each block is read from the files just before it is used and written out after,
+        so host memory holds one block at a time (restore_on_error does not apply: the files are untouched).
     restore_on_error: on any error, put back the dense weights of the blocks already pruned
         (keeps a CPU copy of each target weight as it is pruned).
     """
     check_calibration(calibration)
+    if stream is None:
+        check_materialised(model)  # offloaded to meta (a device_map): say what is needed, before any work
     targeted = check_compress_arguments(
         model,
         method=method,
@@ -137,7 +144,8 @@ def compress(
     run_args = dict(prune_args, propagation=propagation, targets=targets, blocks=sorted(targeted),
                     batch_size=batch_size, chunk_tokens=chunk_tokens)
     if ckpt is not None:
-        ckpt.fingerprint = fingerprint(model, calibration, run_args, fingerprint_extra)
+        ckpt.fingerprint = fingerprint(model, calibration, run_args, fingerprint_extra,
+                                       weights=stream.digest() if stream is not None else None)
     report = {
         "implementation": "rac.fast",
         "method": method,
@@ -169,9 +177,10 @@ def compress(
                 device,
                 store_device,
                 ckpt,
-                originals if restore_on_error else None,
+                originals if restore_on_error and stream is None else None,
                 progress,
                 prune_args,
+                stream,
             )
             if ckpt is not None:
                 ckpt.mark_complete()
@@ -192,7 +201,8 @@ def compress(
     return model, report
 
 
-def _run(model, all_blocks, targeted, chunks, propagation, device, store_device, ckpt, originals, progress, prune_args):
+def _run(model, all_blocks, targeted, chunks, propagation, device, store_device, ckpt, originals, progress, prune_args,
+         stream=None):
     """Algorithm 1 lines 8-10 over streamed chunks; returns (report rows, blocks resumed from a checkpoint)."""
     last = max(targeted)
     front = front_modules(model, all_blocks)
@@ -210,6 +220,8 @@ def _run(model, all_blocks, targeted, chunks, propagation, device, store_device,
         rows = ckpt.rows() if ckpt is not None else []
         for index in range(last + 1):
             block = all_blocks[index]
+            if stream is not None:
+                stream.materialise(block, index)
             with onloaded([block], device):
                 if index in resumed:
                     _apply_checkpoint(
@@ -234,6 +246,8 @@ def _run(model, all_blocks, targeted, chunks, propagation, device, store_device,
                         ckpt.save_block(index, weights, new_rows)
                 elif index < last:
                     propagate(block, store, kwargs, device)
+            if stream is not None:
+                stream.release(block, index)
             if progress is not None:
                 progress(index + 1, last + 1, f"block {index}")
     return rows, resumed

@@ -334,7 +334,7 @@ def _generate_row(job, model, prompt, stream, label, remaining, capture) -> _Row
 def collect_calibration(
     model, tokenizer, prompts, *, mode, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0, seed=0,
     token_budget=None, corpus=None, traces=None, trace_model=None, trace_ids=None, window=128, capture=False,
-    progress=None,
+    progress=None, check_policy=True,
 ) -> CalibrationSet:
     """Phase I of Algorithm 1: the calibration sequences of ``mode`` with a source label per token.
 
@@ -354,6 +354,7 @@ def collect_calibration(
         ``given_traces.py``) or None (skip it); nothing is decoded. With "rac" the traces are labelled
         decode and the on-policy claim is checked (``check_on_policy``, result in meta["policy_check"]).
         ``temperature`` then says how they were sampled (0: greedy, replayed token for token).
+        ``check_policy=False`` skips that check (it runs the whole model; streamed weights cannot).
     capture: also return, per sequence, the input of every decoder block at every position
         as computed while the set was made (decode time for rac; one forward over the
         sequence otherwise), in ``activations``. They are always ``model``'s (for offpolicy
@@ -371,7 +372,7 @@ def collect_calibration(
     with eval_mode(model, trace_model):
         with torch.no_grad():
             if trace_ids is not None:
-                rows = _collect_given_ids(job, mode, prompts, trace_ids, traces, trace_model, meta)
+                rows = _collect_given_ids(job, mode, prompts, trace_ids, traces, trace_model, meta, check_policy)
             else:
                 rows = _collect(job, mode, prompts, corpus, traces, trace_model, window, meta)
     total = sum(r.ids.numel() for r in rows)
@@ -418,7 +419,7 @@ def _collect(job, mode, prompts, corpus, traces, trace_model, window, meta) -> l
     return _collect_offpolicy_file(job, prompts, prompt_ids, traces)
 
 
-def _collect_given_ids(job, mode, prompts, trace_ids, traces, trace_model, meta) -> list:
+def _collect_given_ids(job, mode, prompts, trace_ids, traces, trace_model, meta, check_policy=True) -> list:
     """Prompt + a trace given as token ids (a serving engine's output), labelled decode (mode rac, the on-policy
     claim checked) or offpolicy; None skips a prompt. Budget and context as for every mode."""
     from .given_traces import GivenTrace, check_on_policy, prompt_and_trace
@@ -454,7 +455,9 @@ def _collect_given_ids(job, mode, prompts, trace_ids, traces, trace_model, meta)
     rows = _budgeted(make_row, range(len(pairs)), job.token_budget, job.progress)
     meta["trace_source"] = "token ids"
     meta["skipped"] = [i for i, p in enumerate(pairs) if p is None]
-    if mode == "rac":
+    if mode == "rac" and not check_policy:
+        meta["policy_check"] = {"skipped": "the on-policy check needs the whole model (streamed weights)"}
+    elif mode == "rac":
         kept = [p for p in pairs if p is not None]
         meta["policy_check"] = check_on_policy(
             job.model, [torch.cat(p) for p in kept], [p[0].numel() for p in kept],

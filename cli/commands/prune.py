@@ -16,6 +16,7 @@ not a Phase I.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -118,6 +119,11 @@ def add_parser(sub) -> None:
     )
     impl.add_argument("--gen-batch-size", default="auto", help="fast Phase I: prompts decoded together (auto or N)")
     impl.add_argument("--checkpoint-dir", default=None, help="fast Phase II: save each block there and resume from it")
+    impl.add_argument("--stream-weights", action="store_true",
+                      help="fast Phase II for a model larger than host memory: each block is read from the "
+                           "safetensors files when it is pruned and written to --out at once (needs --out, a "
+                           "calibration that decodes nothing: --trace-ids, prompt, text, offpolicy --traces; "
+                           "and --no-eval)")
     impl.add_argument("--cache", default="dynamic", choices=("dynamic", "static"),
                       help="fast Phase I: KV cache of the decoder; static lets transformers compile the decode step "
                            "on CUDA (default dynamic)")
@@ -177,9 +183,17 @@ def run(args) -> int:
     collect_calibration, compress, phase1_extra, phase2_extra = _implementation(args, checkpoint_dir, model_dir)
     torch.manual_seed(args.seed)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    device = compute_device(args, model_dir)
-    # Phase I decodes and the evaluation generates on the chosen device: the whole model goes there
-    model = load_model(model_dir, dtype=dtype, trust_remote_code=args.trust_remote_code, device=device)
+    if args.stream_weights:  # the front in memory, every block read from the files when Phase II reaches it
+        from rac.fast.streamed import StreamedWeights
+
+        weights = StreamedWeights(model_dir, dtype=dtype)
+        model = weights.skeleton(trust_remote_code=args.trust_remote_code)
+        phase1_extra["check_policy"] = False
+    else:
+        weights = None
+        device = compute_device(args, model_dir)
+        # Phase I decodes and the evaluation generates on the chosen device: the whole model goes there
+        model = load_model(model_dir, dtype=dtype, trust_remote_code=args.trust_remote_code, device=device)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=args.trust_remote_code)
     prune_args = dict(
         method=args.method,
@@ -229,14 +243,30 @@ def run(args) -> int:
             phase2_bar(done, total, detail)
         faults.reached(f"block:{done - 1}")
 
-    model, report = compress(model, calib, progress=phase2_progress, **prune_args, **phase2_extra)
-    phase2 = time.perf_counter() - started
-    report["phase_seconds"] = {"calibration": phase1, "compression": phase2}
-    report["command"] = {
+    command = {
         "argv": sys.argv[1:],
         **{k: v for k, v in vars(args).items() if k != "func"},
         "model_dir": str(model_dir),  # where --model resolved (a Hugging Face id: its cached snapshot)
     }
+    if weights is not None:  # blocks are written as Phase II goes, into the export's temporary directory
+        from rac.cli.atomic import atomic_directory
+        from rac.cli.export import REPORT_NAME, jsonable
+
+        with atomic_directory(out, overwrite=args.overwrite) as tmp:
+            model, report = compress(model, calib, progress=phase2_progress, stream=weights.into(tmp), **prune_args,
+                                     **phase2_extra)
+            report["phase_seconds"] = {"calibration": phase1, "compression": time.perf_counter() - started}
+            report["command"] = command
+            weights.finish(model, tokenizer)
+            (tmp / REPORT_NAME).write_text(json.dumps(jsonable(report), indent=2) + "\n")
+            print(summary_table(report))
+            faults.reached("export")
+        print(f"wrote {out} (safetensors shards, tokenizer, {out / REPORT_NAME})")
+        return 0
+    model, report = compress(model, calib, progress=phase2_progress, **prune_args, **phase2_extra)
+    phase2 = time.perf_counter() - started
+    report["phase_seconds"] = {"calibration": phase1, "compression": phase2}
+    report["command"] = command
     print(summary_table(report))
     if held_out:
         after = _evaluate(model, tokenizer, held_out, args, "pruned")
@@ -296,6 +326,15 @@ def _preflight(args, bundled: bool):
     for option, given in (("--eval-problems", args.eval_problems is not None),
                           ("--num-eval", args.num_eval is not None)):
         preflight.conflict(args.no_eval and given, option, "--no-eval", "nothing is evaluated")
+    if args.stream_weights:
+        preflight.conflict(reference, "--stream-weights", "--impl reference", "the reference holds the whole model")
+        decodes = args.calibration == "rac" and args.trace_ids is None
+        preflight.conflict(decodes, "--stream-weights", "--calibration rac without --trace-ids",
+                           "decoding traces needs the whole model: give an engine's traces (--trace-ids)")
+        preflight.conflict(not args.no_eval, "--stream-weights", "the evaluation (add --no-eval)",
+                           "generating replies needs the whole model; evaluate the export with rac eval")
+        if args.out is None:
+            raise ValueError("--stream-weights needs --out: the pruned blocks are written there as they are done")
     if not reference:
         preflight.device(args.device)
     model_dir = check_model_dir(Path(args.model) if args.model else fixtures.TOY_REASONER,
