@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rac.cli.atomic import atomic_directory, atomic_file
+from rac.reference.contract.atomic import atomic_directory, atomic_file
 
 #: One colour and marker per calibration, the same in every panel.
 STYLE = {"text": ("tab:green", "s"), "prompt": ("tab:orange", "^"), "rac": ("tab:blue", "o")}

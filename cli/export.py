@@ -23,7 +23,7 @@ import os
 import re
 from pathlib import Path
 
-from rac.cli.atomic import atomic_directory
+from rac.reference.contract.atomic import atomic_directory
 from rac.reference.contract.models import decoder_blocks
 
 REPORT_NAME = "report.json"

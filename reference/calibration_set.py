@@ -97,7 +97,7 @@ class CalibrationSet:
         """Write the set to ``path`` as JSON lines, all or nothing (the project's atomic writer: on any error
         ``path`` is left as it was): a header ``{"format", "labels", "meta"}``, then one line per sequence
         (``records``). Activations are not saved (Phase II recomputes them from the tokens, CAL-1)."""
-        from rac.cli.atomic import atomic_file
+        from rac.reference.contract.atomic import atomic_file
 
         path = Path(path)
         header = {"format": FORMAT, "labels": list(LABELS), "meta": _jsonable(self.meta)}

@@ -111,7 +111,7 @@ def run(args) -> int:
     import torch
 
     from rac.cli import faults, preflight
-    from rac.cli.atomic import atomic_directory
+    from rac.reference.contract.atomic import atomic_directory
     from rac.cli.commands.prune import _bar, _implementation, _preflight, compute_device
     from rac.cli.export import load_model, load_tokenizer
 

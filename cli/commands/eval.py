@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rac.cli.atomic import atomic_file
+from rac.reference.contract.atomic import atomic_file
 
 DTYPES = ("float32", "bfloat16", "float16")
 

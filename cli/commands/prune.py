@@ -249,7 +249,7 @@ def run(args) -> int:
         "model_dir": str(model_dir),  # where --model resolved (a Hugging Face id: its cached snapshot)
     }
     if weights is not None:  # blocks are written as Phase II goes, into the export's temporary directory
-        from rac.cli.atomic import atomic_directory
+        from rac.reference.contract.atomic import atomic_directory
         from rac.cli.export import REPORT_NAME, jsonable
 
         with atomic_directory(out, overwrite=args.overwrite) as tmp:

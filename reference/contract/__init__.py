@@ -6,7 +6,9 @@ and the ``rac`` command import it; it imports none of them.
 - ``validate``: argument checks with messages that name the argument (GEN-5);
 - ``patterns``: ``Pattern``, ``parse_pattern``, exact counts ``pruned_count`` (NM-1, CNT-1);
 - ``registry``: the method registry, one ``Method`` entry per pruner (GEN-1, CNT-2);
-- ``models``: what the implementations need to know about a Hugging Face causal LM.
+- ``models``: what the implementations need to know about a Hugging Face causal LM;
+- ``atomic``: all-or-nothing writes of files and directories (every writer of the project, the
+  reference's ``CalibrationSet.save`` included).
 """
 
 from . import registry

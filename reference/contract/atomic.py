@@ -1,7 +1,8 @@
 """All-or-nothing writes: an output is either the complete new one or what was there before.
 
 Every writer of the project (``export_pruned``, ``rac experiment``, ``rac eval --json``,
-``rac diagnose``) goes through these two context managers: the content is written under a hidden
+``rac diagnose``, ``rac calibrate``, ``CalibrationSet.save``)
+goes through these two context managers: the content is written under a hidden
 temporary name in the destination's folder (same file system, so the final ``os.replace`` is one
 atomic rename), and on any error, Ctrl-C included, the temporary is removed and the destination
 is left as it was.
