@@ -168,15 +168,18 @@ def grade(pid: str, sample: int, gold: str, tokens: list, tokenizer, think_opene
             status = "no_boxed"
         else:
             status = "correct" if answers_match(gold, prediction, use_math_verify) else "wrong"
-    thinks = think_opened or THINK_OPEN in text
-    if not thinks:
-        thinking = 0
-    elif think_close_id is not None and think_close_id in tokens:
+    # EVAL-5: the tokens before the first </think>, whatever opened the block: a reply whose <think> is
+    # corrupted but which closes the block thought all the same (counting it 0 understated a pruned model's
+    # thinking); all of them when it never closes; 0 when no tag appears and the prompt opened none.
+    if think_close_id is not None and think_close_id in tokens:
         thinking = tokens.index(think_close_id)
-    elif closed:  # </think> is not one token: count the tokens of the decoded thinking text
-        thinking = len(tokenizer(thinking_text, add_special_tokens=False)["input_ids"])
-    else:
+    elif THINK_CLOSE in text:  # </think> is not one token: count the tokens of the decoded text before it
+        head = text.partition(THINK_CLOSE)[0]
+        thinking = len(tokenizer(head, add_special_tokens=False)["input_ids"])
+    elif think_opened or THINK_OPEN in text:
         thinking = len(tokens)
+    else:
+        thinking = 0
     return Generation(pid, sample, status, prediction, gold, len(tokens), thinking, stopped, text)
 
 

@@ -138,6 +138,15 @@ def test_eval_5_thinking_tokens(tok):
     assert g.thinking_tokens == g.generated_tokens == len(ids)  # never closed: all of it is thinking
     g, ids = _graded(tok, "The answer is \\boxed{42}.", think_opened=False)
     assert g.thinking_tokens == 0 and g.status == "correct"  # a model that does not think
+    # the prompt did not open the block and the reply's <think> is corrupted, but </think> closes it: the
+    # tokens before </think> are thinking all the same (they were counted 0)
+    for corrupted in ("<thnk>", "think>", "<th"):
+        g, ids = _graded(tok, corrupted + "1+2=3 c=0\n</think>\nThe answer is \\boxed{3}.", gold="3", think_opened=False)
+        assert g.thinking_tokens == ids.index(close) > 0 and g.status == "correct", corrupted
+    # a tokenizer whose </think> is not one token (think_close_id None): counted from the text before it
+    ids = tok("<thnk>1+2=3\n</think>\n\\boxed{3}", add_special_tokens=False)["input_ids"]
+    g = grade("p1", 0, "3", ids, tok, False, "eos", False, None)
+    assert g.thinking_tokens == ids.index(close) and g.status == "correct"
 
 
 # --------------------------------------------------------------------------- statistics
