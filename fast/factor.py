@@ -43,10 +43,9 @@ def damping(H: torch.Tensor, dampening: float) -> float:
 
 def inverse_cholesky_upper(H_damped: torch.Tensor):
     """U with U^T U = H_damped^{-1} by the reversed Cholesky (module docstring); None if H_damped is not PD."""
-    L, info = torch.linalg.cholesky_ex(H_damped.flip(0, 1))
-    if int(info) != 0:
+    R = reversed_cholesky(H_damped)  # upper triangular, R R^T = H_damped
+    if R is None:
         return None
-    R = L.flip(0, 1)  # upper triangular, R R^T = H_damped
     eye = torch.eye(R.shape[0], dtype=R.dtype, device=R.device)
     U = torch.linalg.solve_triangular(R, eye, upper=True)
     if not bool(torch.isfinite(U).all()):
@@ -61,6 +60,51 @@ def factor_with_recovery(H: torch.Tensor, dampening: float, on_failure: str, out
     (U in ``out_dtype``, dampening used); each raise of the dampening warns
     (RuntimeWarning) and the caller reports it in ``info``.
     """
+    U, damp = _with_recovery(H, dampening, on_failure, inverse_cholesky_upper)
+    return U.to(out_dtype).contiguous(), damp  # row-major: the sweep reads rows of U
+
+
+def reversed_cholesky(H_damped: torch.Tensor):
+    """R upper triangular with R R^T = H_damped (the first half of ``inverse_cholesky_upper``); None if not PD."""
+    L, info = torch.linalg.cholesky_ex(H_damped.flip(0, 1))
+    if int(info) != 0:
+        return None
+    return L.flip(0, 1)
+
+
+def left_panel_factor(H: torch.Tensor, dampening: float, on_failure: str, bounds: list, out_dtype=torch.float32):
+    """What the left-looking sweep reads (fast/sparsegpt.py), instead of the whole U = R^{-1}:
+
+        F[A:B, A:B] = U_AB = R[A:B, A:B]^{-1}       (= U's diagonal block, U being upper triangular)
+        F[:A, A:B]  = R[:A, A:B] U_AB                (the left-looking update's operator)
+
+    for the panels [A, B) of ``bounds``. R comes from the reversed Cholesky in float64 (SGPT-8's
+    recovery as ``factor_with_recovery``); the small inverses and products are float64 too, and F
+    is rounded once to ``out_dtype`` (PREC-2's rule for U, applied to F). FLOPs in float64: n^3/3
+    (Cholesky) + sum_A (B-A)^3/3 + 2 A (B-A)^2 ~ panel * n^2: the n^3/3 of the full triangular
+    inverse is never spent. Returns (F, dampening used).
+    """
+    def factor(H_damped):
+        R = reversed_cholesky(H_damped)
+        if R is None:
+            return None
+        n = R.shape[0]
+        F = torch.zeros(n, n, dtype=out_dtype, device=R.device)
+        for A, B in bounds:
+            eye = torch.eye(B - A, dtype=R.dtype, device=R.device)
+            U_AB = torch.linalg.solve_triangular(R[A:B, A:B], eye, upper=True)
+            F[A:B, A:B] = U_AB
+            if A:
+                F[:A, A:B] = R[:A, A:B] @ U_AB
+        if not bool(torch.isfinite(F).all()):
+            return None
+        return F
+
+    return _with_recovery(H, dampening, on_failure, factor)
+
+
+def _with_recovery(H: torch.Tensor, dampening: float, on_failure: str, factor):
+    """SGPT-8's loop around ``factor`` (H_damped in FACTOR_DTYPE -> result, or None when not PD)."""
     H64 = H.to(FACTOR_DTYPE)
     tried = []
     damp = dampening
@@ -68,9 +112,9 @@ def factor_with_recovery(H: torch.Tensor, dampening: float, on_failure: str, out
         tried.append(damp)
         H_damped = H64.clone()
         H_damped.diagonal().add_(damping(H64, damp))
-        U = inverse_cholesky_upper(H_damped)
-        if U is not None:
-            return U.to(out_dtype).contiguous(), damp  # row-major: the sweep reads rows of U
+        result = factor(H_damped)
+        if result is not None:
+            return result, damp
         if on_failure == "raise" or damp >= MAX_RECOVERY_DAMPENING:
             raise CholeskyError(
                 f"H + dampening * mean(diag H) * I is not positive definite for dampening in {tried}; "
@@ -80,5 +124,5 @@ def factor_with_recovery(H: torch.Tensor, dampening: float, on_failure: str, out
         warnings.warn(
             f"sparsegpt: Cholesky of the damped H failed; retrying with dampening={damp:g} (spec SGPT-8)",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )

@@ -28,7 +28,7 @@ import torch
 from rac.reference.contract.patterns import Pattern, pruned_count
 
 from ._validate import output_dtype
-from .factor import factor_with_recovery
+from .factor import left_panel_factor
 from .masks import prune_lowest
 from .precision import full_fp32
 from .sweep import sweep_chunk, sweep_panel
@@ -96,35 +96,83 @@ def sparsegpt_sweep(W32, U, dead, pattern: Pattern, sparsity: float, blocksize: 
                     panel: int = PANEL, chunk: int = CHUNK, chunk_fn=None):
     """Blocked OBS sweep of W32 (out, in) with U (in, in); returns (W_hat, mask) on W32's device, W32's dtype.
 
+    Right-looking: after each panel one GEMM updates every later column (``U[a:b, b:]``). The
+    pruner itself runs the left-looking ``sparsegpt_sweep_left``, which needs no whole U; this
+    form is kept for tests that hand in a U (FAST-3 runs it with the reference's float64 U).
     ``panel``, ``chunk`` and ``chunk_fn`` change only the order of the arithmetic (tests and
     benchmarks vary them); the defaults are the measured best, and ``in_panel_schedule``'s
     choice of column loop for the device.
     """
-    if chunk_fn is None:
-        chunk_fn, whole_panel = in_panel_schedule(W32.device)
-        if whole_panel:
-            chunk = panel
-    out_features, in_features = W32.shape
     WT = W32.T.contiguous()
     keepT = torch.ones_like(WT, dtype=torch.bool)
-    d = torch.diagonal(U)
+    with full_fp32():
+        _sweep_t(WT, keepT, U, torch.diagonal(U), dead, pattern, sparsity, blocksize, panel, chunk, chunk_fn)
+    return WT.T, keepT.T
+
+
+def _sweep_t(WT, keepT, U, d, dead, pattern: Pattern, sparsity: float, blocksize: int, panel: int, chunk: int,
+             chunk_fn) -> None:
+    """The right-looking sweep in place on WT (in, out) / keepT, U (in, in) with diagonal d (see sparsegpt_sweep).
+
+    Column indices are local to WT; the caller makes block starts local multiples of ``blocksize``."""
+    if chunk_fn is None:
+        chunk_fn, whole_panel = in_panel_schedule(WT.device)
+        if whole_panel:
+            chunk = panel
+    in_features = WT.shape[0]
     if pattern.kind == "nm":
         chunk = pattern.m * -(-chunk // pattern.m)
         nm = pattern
     else:
         nm = None
-    kwargs = {"chunk_fn": chunk_fn}
     starts = panel_starts(in_features, pattern, blocksize, panel)
+    for a, b in zip(starts, starts[1:] + [in_features]):
+        if nm is None and a % blocksize == 0:
+            e = min(a + blocksize, in_features)
+            scores = obs_scores_t(WT[a:e], d[a:e], dead[a:e])
+            keep = prune_lowest(scores.contiguous(), pruned_count(sparsity, scores.numel()))
+            keepT[a:e] = keep.T
+        errT = sweep_panel(WT[a:b], U[a:b, a:b], keepT[a:b], d[a:b], dead[a:b], nm, chunk, chunk_fn=chunk_fn)
+        if b < in_features:
+            WT[b:].addmm_(U[a:b, b:].T, errT, alpha=-1.0)
+
+
+def left_panels(in_features: int, pattern: Pattern, blocksize: int, panel: int = PANEL) -> list:
+    """[(A, B)]: the panels of the left-looking sweep, each a whole number of mask groups (blocksize columns,
+    or M for N:M) and at least ``panel`` wide, so that every mask is chosen inside one panel."""
+    unit = pattern.m if pattern.kind == "nm" else blocksize
+    width = unit * -(-panel // unit)
+    starts = list(range(0, in_features, width))
+    return list(zip(starts, starts[1:] + [in_features]))
+
+
+def sparsegpt_sweep_left(W32, F, bounds: list, dead, pattern: Pattern, sparsity: float, blocksize: int, *,
+                         panel: int = PANEL, chunk: int = CHUNK, chunk_fn=None):
+    """The same OBS sweep, left-looking: each panel [A, B) receives all earlier columns' updates at its start.
+
+    With E the OBS errors, U = R^{-1} (R R^T = H_d) and Delta = W - W_hat on finished columns,
+    Delta[:, :A] = E[:, :A] U[:A, :A] (each column's final value is W minus its updates and its
+    own pruned part), and U's block inverse gives U[:A, A:B] = -U[:A, :A] R[:A, A:B] U_AB, so the
+    updates the panel is owed are
+
+        E[:, :A] U[:A, A:B] = -Delta[:, :A] R[:A, A:B] U_AB = -Delta[:, :A] F[:A, A:B]
+
+    (``left_panel_factor``): one GEMM per panel, the same out * in^2 FLOPs as the right-looking
+    GEMMs, but reading R instead of U, so the factorisation skips the triangular inverse (n^3/3,
+    in float64: about 0.6 s of 2 s at 4096 on this CPU, docs/benchmarks.md). Inside a panel the
+    right-looking ``_sweep_t`` runs with U_AB. Returns (W_hat, mask) as ``sparsegpt_sweep``.
+    """
+    WT = W32.T.contiguous()
+    DT = WT.clone()  # the original W^T; becomes Delta^T = (W - W_hat)^T panel by panel
+    keepT = torch.ones_like(WT, dtype=torch.bool)
+    d = torch.diagonal(F)  # F's diagonal blocks are U's: d = diag(U)
     with full_fp32():
-        for a, b in zip(starts, starts[1:] + [in_features]):
-            if nm is None and a % blocksize == 0:
-                e = min(a + blocksize, in_features)
-                scores = obs_scores_t(WT[a:e], d[a:e], dead[a:e])
-                keep = prune_lowest(scores.contiguous(), pruned_count(sparsity, scores.numel()))
-                keepT[a:e] = keep.T
-            errT = sweep_panel(WT[a:b], U[a:b, a:b], keepT[a:b], d[a:b], dead[a:b], nm, chunk, **kwargs)
-            if b < in_features:
-                WT[b:].addmm_(U[a:b, b:].T, errT, alpha=-1.0)
+        for A, B in bounds:
+            if A:
+                WT[A:B].addmm_(F[:A, A:B].T, DT[:A])
+            _sweep_t(WT[A:B], keepT[A:B], F[A:B, A:B], d[A:B], dead[A:B], pattern, sparsity, blocksize, panel,
+                     chunk, chunk_fn)
+            DT[A:B].sub_(WT[A:B])
     return WT.T, keepT.T
 
 
@@ -133,12 +181,13 @@ def prune_group(Ws: list, H: torch.Tensor, pattern: Pattern, sparsity: float, *,
     """The registry's fast entry: one factorisation for linears sharing H; N:M rows stacked into one sweep
     (rows are independent given U), unstructured swept linear by linear (its mask spans a block's rows).
     [(W_hat in each W's dtype, mask, info)]."""
-    U, used = factor_with_recovery(H, dampening, on_cholesky_failure)
+    bounds = left_panels(H.shape[0], pattern, blocksize)
+    F, used = left_panel_factor(H, dampening, on_cholesky_failure, bounds)
     dead = dead_inputs(H)
     extra = {"blocksize": blocksize, "dampening": used, "dampening_raised": used != dampening}
 
     def sweep(W32):
-        return sparsegpt_sweep(W32, U, dead, pattern, sparsity, blocksize)
+        return sparsegpt_sweep_left(W32, F, bounds, dead, pattern, sparsity, blocksize)
 
     if pattern.kind == "nm" and len(Ws) > 1:
         weight, mask = sweep(torch.cat([W.to(torch.float32) for W in Ws], dim=0))
