@@ -64,31 +64,21 @@ def conformance(session):
 
 @nox.session
 def bench(session):
-    """Layer and model benchmarks, rac.fast vs rac.reference with lower bounds (docs/benchmarks.md); not a
-    default session.
+    """rac.fast vs rac.reference through the interleaved harness, and the model benchmarks; not a default session.
 
-    Saves docs/bench/layer-<device>-<UTC time>.json and model-<device>-<UTC time>.json; summarise with
-    `python conformance/benchmarks/summarise.py <json>`. Options go to pytest, e.g.
-    `nox -s bench -- -k "1024"`; environment: RAC_BENCH_SIZES, RAC_BENCH_THREADS, RAC_BENCH_DEVICE.
+    Saves docs/bench/compare-layer-cpu-<UTC time>.json (conformance/benchmarks/bench_compare.py: every
+    case at 1 and 2 threads, implementations interleaved round by round, bounds from bounds.py) and
+    model-cpu-<UTC time>.json (bench_model.py); summarise with `python conformance/benchmarks/summarise.py
+    <json>`. Options go to bench_compare.py, e.g. `nox -s bench -- --sizes 1024 --threads 1`.
     """
     import datetime
 
     _install(session)
-    probe = "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"
-    device = session.run("python", "-c", probe, silent=True).strip().splitlines()[-1]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%MZ")
-    for kind in ("layer", "model"):
-        session.run(
-            "pytest",
-            f"conformance/benchmarks/bench_{kind}.py",
-            "--benchmark-only",
-            "-p",
-            "no:cacheprovider",
-            "--report-dir=",
-            "--test-timeout=0",
-            f"--benchmark-json=docs/bench/{kind}-{device}-{stamp}.json",
-            *session.posargs,
-        )
+    session.run("python", "conformance/benchmarks/bench_compare.py", "layer",
+                f"--out=docs/bench/compare-layer-cpu-{stamp}.json", *session.posargs)
+    session.run("pytest", "conformance/benchmarks/bench_model.py", "--benchmark-only", "-p", "no:cacheprovider",
+                "--report-dir=", "--test-timeout=0", f"--benchmark-json=docs/bench/model-cpu-{stamp}.json")
 
 
 @nox.session
@@ -128,24 +118,15 @@ def conformance_llmcompressor(session):
 
 @nox.session
 def bench_llmcompressor(session):
-    """rac.fast and rac.reference against llm-compressor's SparseGPT and Wanda on the same W and H
-    (time and objective; docs/ports/llmcompressor.md). Not a default session.
+    """rac.fast against llm-compressor's SparseGPT and Wanda on the same W and H, through the interleaved
+    harness (time, objective, bound; docs/benchmarks.md). Not a default session.
 
-    Saves docs/bench/llmcompressor-<device>-<UTC time>.json; options go to pytest, e.g.
-    `nox -s bench_llmcompressor -- -k 1024`.
+    Saves docs/bench/compare-llmcompressor-cpu-<UTC time>.json; options go to bench_compare.py, e.g.
+    `nox -s bench_llmcompressor -- --sizes 4096 --methods sparsegpt`.
     """
     import datetime
 
     session.install(".[test,llmcompressor]")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%MZ")
-    session.run(
-        "pytest",
-        "conformance/benchmarks/bench_llmcompressor.py",
-        "--benchmark-only",
-        "-p",
-        "no:cacheprovider",
-        "--report-dir=",
-        "--test-timeout=0",
-        f"--benchmark-json=docs/bench/llmcompressor-cpu-{stamp}.json",
-        *session.posargs,
-    )
+    session.run("python", "conformance/benchmarks/bench_compare.py", "llmcompressor",
+                f"--out=docs/bench/compare-llmcompressor-cpu-{stamp}.json", *session.posargs)

@@ -1,4 +1,8 @@
-"""Layer-level benchmarks: rac.fast against rac.reference, each against its lower bound.
+"""Layer-level probes of rac.fast's SparseGPT parts (sweep schedules, factorisation recipes).
+
+Comparisons between implementations (rac.fast, rac.reference, llm-compressor) are in
+bench_compare.py, through the one interleaved harness (harness.py), with the problem's bounds
+from bounds.py; this file times single parts, each against its own FLOP count.
 
     nox -s bench                                             # all sizes, JSON under docs/bench/
     pytest conformance/benchmarks/bench_layer.py --benchmark-json=out.json
@@ -32,8 +36,6 @@ import time
 import pytest
 import torch
 
-import rac.fast
-import rac.reference
 from rac.conformance.checking.strategies import llm_like_layer
 from rac.reference.contract import registry
 
@@ -141,49 +143,6 @@ def inputs(size: int, impl: str):
     if impl == "fast":
         return W.to(DEVICE, torch.float32), H.to(DEVICE, torch.float32)
     return W, H
-
-
-@pytest.mark.parametrize("impl", ["fast", "reference"])
-@pytest.mark.parametrize("setting", list(SETTINGS))
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("size", SIZES)
-def test_bench_layer(benchmark, size, method, setting, impl):
-    if impl == "reference" and (method, size) in REFERENCE_TOO_SLOW:
-        pytest.skip(f"reference {method} at {size}: too slow for a benchmark session (docs/benchmarks.md)")
-    prune = rac.fast.prune_layer if impl == "fast" else rac.reference.prune_layer
-    W, H = inputs(size, impl)
-    kwargs = dict(method=method, **SETTINGS[setting])
-
-    def run():
-        result = prune(W, H, **kwargs)
-        sync()
-        return result
-
-    slow = (impl == "reference" and size > 1024) or (method == "alps" and size >= 1024)  # minutes per round
-    result = benchmark.pedantic(run, rounds=1 if slow else 3, iterations=1, warmup_rounds=0 if slow or QUICK else 1)
-    weight, mask = result
-    assert mask.dtype == torch.bool and weight.shape == W.shape
-    out, n = W.shape
-    if method == "sparsegpt":
-        flops = sparsegpt_flops(out, n, impl)
-    elif method == "alps":
-        flops = alps_flops(out, n, result.info, impl)
-    else:
-        flops = {}
-    itemsize = W.element_size()
-    nbytes = min_bytes(out, n, itemsize, method)
-    W64, H64 = layer(size)
-    D = W64 - weight.detach().cpu().to(torch.float64)
-    benchmark.extra_info.update(
-        impl=impl, method=method, setting=setting, size=size, device=str(DEVICE),
-        device_name=torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
-        torch_threads=torch.get_num_threads(), loadavg_1min=os.getloadavg()[0],
-        flops=flops, bytes=nbytes,
-        gemm_flops_per_s={dt: gemm_rate(size, getattr(torch, dt)) for dt in ("float32", "float64")},
-        bandwidth_bytes_per_s=bandwidth(), lower_bound_s=lower_bound(flops, nbytes, size),
-        objective_relative=float(((D @ H64) * D).sum() / ((W64 @ H64) * W64).sum()),
-        info={k: v for k, v in getattr(result, "info", {}).items() if isinstance(v, (int, float, str, bool))},
-    )
 
 
 # ----------------------------------------------------------------------------- SparseGPT sweep variants

@@ -96,24 +96,14 @@ def gemm_rate(m: int, k: int, n: int, rounds: int = 5) -> float:
 
 
 def phase2_flops(model, tokens: int, seq_len: int) -> dict:
-    """FLOPs Phase II cannot avoid with SparseGPT and sequential propagation (per the design):
-    Hessians 2 N in^2 per distinct input (q/k/v share one, gate/up share one), two block forward
-    passes (2 N per weight each, plus causal attention 2 N T d), and the sweeps 2 out in^2."""
-    from rac.reference.contract.models import decoder_blocks
-
-    hessian = forward = sweep = 0
-    for block in decoder_blocks(model):
-        inputs = {}
-        for name, lin in block.named_modules():
-            if isinstance(lin, torch.nn.Linear):
-                group = "qkv" if name.split(".")[-1] in ("q_proj", "k_proj", "v_proj") else (
-                    "gate_up" if name.split(".")[-1] in ("gate_proj", "up_proj") else name)
-                inputs[group] = lin.in_features
-                forward += 2 * 2 * tokens * lin.in_features * lin.out_features
-                sweep += 2 * lin.out_features * lin.in_features**2
-        hessian += sum(2 * tokens * d * d for d in inputs.values())
-        forward += 2 * 2 * tokens * seq_len * model.config.hidden_size  # QK^T and AV, causal half, two passes
-    return {"hessian": hessian, "forward": forward, "sweep": sweep}
+    """Phase II's minimum by part: bounds.phase2_flops (Hessians as symmetric rank-N updates, N in^2; the
+    Cholesky once per distinct input, in^3 / 3; the sweeps out in^2; two forward passes)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        import bounds
+    finally:
+        sys.path.pop(0)
+    return bounds.phase2_flops(model, tokens, seq_len)
 
 
 # --------------------------------------------------------------------------- Phase I and II on the fixture

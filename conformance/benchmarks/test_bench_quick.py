@@ -1,14 +1,16 @@
 """The benchmarks run in every CI run, at small shapes with timing disabled, so they cannot rot.
 
-Runs ``conformance/benchmarks/bench_layer.py`` (64 x 64) and ``bench_model.py`` (a 2-block,
-64-wide model) in a fresh pytest process exactly as ``nox -s bench`` does (same files, same
+Runs ``bench_compare.py --quick`` (the interleaved harness), ``bench_layer.py`` (64 x 64)
+and ``bench_model.py`` (a 2-block, 64-wide model) in a fresh pytest process exactly as
+``nox -s bench`` does (same files, same
 fixtures, same extra_info bookkeeping), with ``RAC_BENCH_QUICK=1`` and ``--benchmark-disable``
-(each case once, untimed): about 6 s and 20 s. The FLOP count both the CPU lower bound and the
-H100 projection use is checked against a count by hand.
+(each case once, untimed): about 6 s and 20 s. The bounds (bounds.py) that every benchmark and
+the H100 projection use are checked against counts by hand.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -29,9 +31,52 @@ def _run_quick(bench: str, tmp_path) -> None:
     assert " passed" in proc.stdout and "failed" not in proc.stdout, tail
 
 
-def test_layer_benchmarks_run_in_quick_mode(fast, tmp_path):
-    """Every case of bench_layer.py passes at 64 x 64 (the compiled-sweep variant is skipped in quick mode)."""
+def test_layer_probes_run_in_quick_mode(fast, tmp_path):
+    """Every case of bench_layer.py (sweep schedules, factorisations) passes at 64 x 64 (compiled sweep skipped)."""
     _run_quick("bench_layer.py", tmp_path)
+
+
+def test_compare_harness_runs_interleaved_in_quick_mode(fast, tmp_path):
+    """bench_compare.py --quick (64 x 64, 1 round, 1 thread) writes the JSON summarise.py reads: every case ran
+    fast and reference in the same round, with threads, load, rates before/after and the bound recorded."""
+    import json
+
+    out = tmp_path / "q.json"
+    proc = subprocess.run([sys.executable, str(HERE / "bench_compare.py"), "layer", "--quick", "--methods",
+                           "sparsegpt,wanda", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    report = json.loads(out.read_text())
+    assert report["commit"] and report["device"].startswith("cpu") and len(report["cases"]) == 4
+    for case in report["cases"]:
+        assert case["threads"] == 1 and case["rounds"] == 1
+        assert [s["impl"] for s in case["samples"]] == ["fast", "reference"]  # interleaved, one round
+        assert all(s["loadavg_1min"] >= 0 and s["seconds"] > 0 for s in case["samples"])
+        assert case["rates"]["gemm_float32"] == max(case["rates_before"]["gemm_float32"],
+                                                    case["rates_after"]["gemm_float32"])
+        assert case["bound"]["seconds"] > 0 and set(case["objective_relative"]) == {"fast", "reference"}
+    summary = subprocess.run([sys.executable, str(HERE / "summarise.py"), str(out)], capture_output=True, text=True)
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    assert "| sparsegpt 2:4 64x64 | 1 | reference |" in summary.stdout, summary.stdout[-2000:]
+
+
+def test_bounds_match_a_count_by_hand():
+    """bounds.py on a 3 x 4 layer: the SparseGPT minimum and the Hessian's syrk written out term by term."""
+    sys.path.insert(0, str(HERE))
+    try:
+        import bounds
+    finally:
+        sys.path.remove(str(HERE))
+    out, n = 3, 4
+    # Cholesky of a 4 x 4: column j costs (n - j)^2 multiply-adds in the trailing update ~ sum j^2 ~ n^3 / 3
+    # sweep: column j's OBS update of the n - 1 - j later columns in each of the out rows, 2 FLOPs each:
+    # 2 * 3 * (3 + 2 + 1 + 0) = 36
+    assert bounds.sparsegpt_flops(out, n) == {"cholesky": 64 / 3, "sweep": 36.0}
+    assert bounds.sparsegpt_flops(out, n, inverse=True)["triangular_inverse"] == 64 / 3
+    # X^T X for 5 tokens of width 4: the 10 entries of the lower triangle, 5 multiply-adds each = 100 FLOPs;
+    # the bound counts 5 * 4^2 = 80 (n^2 / 2 entries, 2 FLOPs each), a general GEMM 2 * 5 * 16 = 160
+    assert bounds.hessian_flops(5, 4) == 80.0
+    assert bounds.layer_bytes(out, n, 4) == 3 * 4 * 9 + 16 * 4
+    assert bounds.bound_seconds(100.0, 10.0, 30, 1.0) == 30.0 and bounds.bound_seconds(100.0, 10.0) == 10.0
 
 
 def test_model_benchmarks_run_in_quick_mode(fast, tmp_path):
@@ -51,6 +96,9 @@ def test_phase2_flop_count_matches_a_count_by_hand(fast):
     N, T = PROMPTS * (PROMPT_LEN + TRACE), PROMPT_LEN + TRACE
     flops = phase2_flops(meta_model("7B"), N, T)
     linears = [(d, d), (d, kv), (d, kv), (d, d), (d, f), (d, f), (f, d)]  # (in, out): q k v o gate up down
-    assert flops["hessian"] == L * 2 * N * (3 * d * d + f * f)  # four distinct inputs: qkv, o, gate/up, down
+    assert flops["hessian"] == L * N * (3 * d * d + f * f)  # four distinct inputs (qkv, o, gate/up, down): syrk
+    # one Cholesky per distinct input; n^3 / 3 is not an integer, so the float sum of 112 terms
+    # rounds: 112 additions of relative error <= 2^-53 each, 1e-13 is above that
+    assert math.isclose(flops["factor"], L * (3 * d**3 + f**3) / 3, rel_tol=1e-13)
     assert flops["forward"] == L * (2 * 2 * N * sum(i * o for i, o in linears) + 2 * 2 * N * T * d)
-    assert flops["sweep"] == L * sum(2 * o * i * i for i, o in linears)
+    assert flops["sweep"] == L * sum(o * i * (i - 1) for i, o in linears)
