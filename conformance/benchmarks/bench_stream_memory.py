@@ -105,6 +105,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from rac.fixtures import TOY_REASONER
 
+    # the commit the children run, read before the first one starts (and whether the tree differs from it)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True).stdout.strip())
     results = []
     with tempfile.TemporaryDirectory(prefix="rac-stream-") as tmp:
         work = Path(tmp)
@@ -118,8 +122,8 @@ def main(argv=None) -> int:
                   f"store {r['calibration_store_bytes'] / mb:.2f} MB; "
                   f"peak RSS of imports {r['peak_rss_bytes']['imports']['VmRSS'] / mb:.0f} MB; over it: " + ", ".join(
                       f"{run} " + " ".join(f"{f} +{excess[run][f] / mb:.0f}" for f in FIELDS) for run in excess))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
+    record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "commit": commit + ("+uncommitted changes" if dirty else ""),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", "threads": 1,
               "command": " ".join(["python", "conformance/benchmarks/bench_stream_memory.py", *(argv or sys.argv[1:])]),
               "load_average": os.getloadavg(), "results": results}
