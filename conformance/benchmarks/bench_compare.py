@@ -139,9 +139,10 @@ def main(argv=None) -> int:
                     best = {k: min(harness.times(case, k)) for k in {s["impl"] for s in case["samples"]}}
                     print(f"{case['name']} threads={t}: " + ", ".join(f"{k} {v:.3g} s" for k, v in best.items())
                           + f", bound {case['bound']['seconds']:.3g} s, load {os.getloadavg()[0]:.1f}", flush=True)
+                    if args.out:  # after every case: a run stopped early keeps what it measured
+                        with open(args.out, "w") as f:
+                            json.dump(report, f, indent=1)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
         print(f"wrote {args.out}")
     return 0
 
