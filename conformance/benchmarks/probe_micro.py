@@ -5,7 +5,9 @@
 Best of 5 repetitions of each operation, wall time:
 - masks.py: k-th value selection (+ index-ordered ties) vs stable sort, per row and layer-wide, 4096 x 4096;
 - sweep.py: one column of the loop: bool masked_fill vs multiply by a 0/1 float mask (4096 outputs);
-- sweep.py: ranking one 2:4 group of 4096 outputs: stable sort vs broadcast comparisons vs loop.
+- sweep.py: ranking one 2:4 group of 4096 outputs: stable sort vs broadcast comparisons vs loop;
+- sparsegpt.py (``kth``): the k-th smallest of one 128-column block of SparseGPT scores (4096 x 128):
+  torch.kthvalue vs the radix select ``kth_smallest``, and the whole block's mask both ways.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 import torch
 
 from rac.fast.masks import prune_lowest, prune_lowest_rows
+from rac.fast.sparsegpt import block_keep_t, kth_smallest
 from rac.fast.sweep import _rank_broadcast, _rank_loop
 from rac.reference.masks import prune_lowest as sort_lowest
 from rac.reference.masks import prune_lowest_per_row as sort_lowest_rows
@@ -60,6 +63,16 @@ def main() -> None:
     print(
         f"ranking one 2:4 group of 4096 outputs: stable sort {t_sort * 1e6:.0f} us, broadcast {t_bc * 1e6:.0f} us, "
         f"loop {t_loop * 1e6:.0f} us"
+    )
+
+    block = torch.rand(128, 4096, generator=g).square()  # (width, out): the sweep's layout
+    k = block.numel() // 2
+    assert float(kth_smallest(block.reshape(-1), k)) == float(torch.kthvalue(block.reshape(-1), k).values)
+    print(
+        "kth: k-th smallest of 4096 x 128 scores: kthvalue "
+        f"{best(lambda: torch.kthvalue(block.reshape(-1), k)) * 1e3:.2f} ms, radix select {best(lambda: kth_smallest(block.reshape(-1), k)) * 1e3:.2f} ms; block mask: "
+        f"prune_lowest {best(lambda: prune_lowest(block.T.contiguous(), k)) * 1e3:.2f} ms, "
+        f"block_keep_t {best(lambda: block_keep_t(block, k)) * 1e3:.2f} ms"
     )
 
 
