@@ -70,7 +70,8 @@ def main() -> None:
     assert float(kth_smallest(block.reshape(-1), k)) == float(torch.kthvalue(block.reshape(-1), k).values)
     print(
         "kth: k-th smallest of 4096 x 128 scores: kthvalue "
-        f"{best(lambda: torch.kthvalue(block.reshape(-1), k)) * 1e3:.2f} ms, radix select {best(lambda: kth_smallest(block.reshape(-1), k)) * 1e3:.2f} ms; block mask: "
+        f"{best(lambda: torch.kthvalue(block.reshape(-1), k)) * 1e3:.2f} ms, radix select "
+        f"{best(lambda: kth_smallest(block.reshape(-1), k)) * 1e3:.2f} ms; block mask: "
         f"prune_lowest {best(lambda: prune_lowest(block.T.contiguous(), k)) * 1e3:.2f} ms, "
         f"block_keep_t {best(lambda: block_keep_t(block, k)) * 1e3:.2f} ms"
     )
