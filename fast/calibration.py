@@ -42,6 +42,8 @@ from rac.reference.contract.models import context_length, decoder_blocks, eval_m
 from rac.reference.calibration_set import CalibrationSet
 from rac.reference.sampling import sample_tokens
 
+from .distributed import world
+
 #: Upper bound of batch_size="auto" (beyond it a decode step is no longer memory-bound on an H100).
 MAX_AUTO_BATCH = 256
 #: Sequences per batch on a CPU with batch_size="auto".
@@ -82,9 +84,13 @@ def collect_calibration(
         meta["trace_source"] = "trace_model"
 
     rows, total = [], 0
+    w = world()
     with eval_mode(model, trace_model):
         with torch.no_grad():
-            for start in range(0, len(prompt_ids), bs):
+            if w is not None:  # several ranks (DIST-1): the same batches, dealt round-robin, gathered in order
+                rows, total, bs = _decode_distributed(w, decoder, prompt_ids, bs, max_new_tokens, eos_ids, cache,
+                                                  sampling, label, token_budget, progress)
+            for start in range(0, len(prompt_ids), bs) if w is None else ():
                 if token_budget is not None and total >= token_budget:
                     break
                 streams = list(range(start, min(start + bs, len(prompt_ids))))
@@ -110,6 +116,50 @@ def collect_calibration(
     meta.update(tokens=total, sequences=len(rows), eos_token_ids=sorted(eos_ids), batch_size=bs, cache=cache,
                 trace_stops={k: stops.count(k) for k in ("eos", "limit", "budget")})
     return CalibrationSet([r[0] for r in rows], [r[1] for r in rows], meta)
+
+
+def _decode_distributed(w, decoder, prompt_ids, bs, max_new_tokens, eos_ids, cache, sampling, label, token_budget,
+                        progress) -> tuple:
+    """Phase I on K ranks (DIST-1): the one-process batches (``bs`` prompts in prompt order) are decoded one
+    round of K batches at a time, batch j of a round by rank j; every rank gathers every batch's traces and
+    applies the token budget in prompt order as the one-process loop does, so all ranks end with its rows.
+    A batch decodes the same prompts with the same padding as in one process, and the sampler is keyed by
+    (seed, prompt index, step) (CAL-7), so the traces do not depend on K. At most K - 1 batches are decoded
+    beyond the budget (the round in which it is reached). Returns (rows, tokens, the batch size used)."""
+    from . import distributed
+
+    bs = distributed.broadcast(bs, 0, "Phase I batch size")  # "auto" may differ per GPU: rank 0's for all
+    starts = list(range(0, len(prompt_ids), bs))
+    rows, total = [], 0
+    for first in range(0, len(starts), w.size):
+        if token_budget is not None and total >= token_budget:
+            break
+        mine = first + w.rank
+        decoded = None
+        if mine < len(starts):
+            streams = list(range(starts[mine], min(starts[mine] + bs, len(prompt_ids))))
+            decoded = generate_traces(decoder, [prompt_ids[i] for i in streams], streams, max_new_tokens,
+                                      eos_ids=eos_ids, cache=cache, **sampling)
+        gathered = distributed.all_gather(decoded, f"Phase I traces, batches {first}..")
+        for j, batch in enumerate(gathered):
+            if batch is None:
+                continue
+            if token_budget is not None and total >= token_budget:
+                break
+            start = starts[first + j]
+            streams = list(range(start, min(start + bs, len(prompt_ids))))
+            for i, (tokens, stop) in zip(streams, batch):
+                if token_budget is not None and total >= token_budget:
+                    break
+                ids, labels = ref.labelled((prompt_ids[i], "prompt"), (tokens, label))
+                if token_budget is not None and ids.numel() > token_budget - total:
+                    keep = token_budget - total
+                    ids, labels, stop = ids[:keep], labels[:keep], "budget"
+                rows.append((ids, labels, stop))
+                total += ids.numel()
+            if progress is not None:
+                progress(streams[-1] + 1, len(prompt_ids), f"{total} tokens")
+    return rows, total, bs
 
 
 def resolve_batch_size(batch_size, model, max_length: int) -> int:

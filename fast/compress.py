@@ -24,6 +24,13 @@ tests run against both), computed differently:
   finished block are saved (atomically) after the block; a later call with the same
   arguments loads them, recomputes the activations up to the next block and goes on
   from there, ending exactly where an uninterrupted run ends.
+- **several ranks** (``torch.distributed`` initialised with K > 1 ranks, e.g. under ``torchrun``;
+  fast/distributed.py, spec DIST-*): each rank forwards and propagates its own share of the chunks
+  (round-robin), sends each chunk's float32 terms x^T x to one owner rank per input group, which adds
+  them in the one-process order (its H is bitwise the one-process H; one H-sized message per chunk and
+  group instead of one per rank: the price of a result that does not depend on K); the owner prunes and
+  broadcasts the weights and report rows; rank 0 alone writes the checkpoint. With
+  one process (no process group) none of this runs and the path is the one described above.
 - **memory is planned before the first block**: if the largest block's Hessians, weights
   and one chunk's working set cannot fit, an ``InsufficientMemoryError`` says how much is
   needed and which option to change, instead of a CUDA out-of-memory traceback midway.
@@ -37,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from functools import partial
 
 import torch
 
@@ -53,7 +61,10 @@ from .blocks import (
     onloaded,
     propagate,
 )
+from . import distributed
 from .checkpoint import Checkpoint, fingerprint
+from .distributed import world
+from .hessian import HessianAccumulator
 from . import plan as memory
 from .plan import InsufficientMemoryError, check_memory, plan_memory, resolve_device
 from .prune import prune_shared
@@ -125,13 +136,18 @@ def compress(
     if offload_activations not in ("auto", True, False):
         raise ValueError(f"offload_activations must be 'auto', True or False, got {offload_activations!r}")
     ckpt = Checkpoint(checkpoint_dir, {}) if checkpoint_dir else None  # a file there is refused before any work
+    w = world()
+    if w is not None and stream is not None:
+        raise ValueError("stream (streamed weights, rac prune --stream-weights) is not supported with several ranks "
+                         f"(torch.distributed world size {w.size}): run it in one process")
     device = resolve_device(device)
     all_blocks = decoder_blocks(model)
     dtype = next(model.parameters()).dtype
     pad_id = getattr(model.config, "pad_token_id", None)
     chunks = make_chunks(calibration, batch_size, chunk_tokens, 0 if pad_id is None else pad_id)
     labels_used = len({int(c) for lab in calibration.labels for c in torch.unique(lab).tolist()})
-    plan = plan_memory(model, targeted, chunks, labels_used, dtype)
+    mine = chunks if w is None else [chunks[i] for i in distributed.shard(chunks, w)]  # DIST-2: this rank's chunks
+    plan = plan_memory(model, targeted, mine or chunks[:1], labels_used, dtype)  # a rank may have no chunk
     onload = any(p.device != device for p in all_blocks.parameters())
     if offload_activations == "auto":
         fits = sum(plan.values()) < 0.9 * memory.free_bytes(device)
@@ -162,28 +178,33 @@ def compress(
         "chunks": len(chunks),
         "layers": [],
     }
+    if w is not None:
+        report["world_size"] = w.size
+    local = ckpt if w is None or w.leader else None  # several ranks: rank 0 alone holds the lock and writes
     originals: dict = {}
     was_training = model.training
     model.eval()
     started = time.perf_counter()
     try:
-        with torch.no_grad(), ckpt if ckpt is not None else contextlib.nullcontext():
+        with torch.no_grad(), local if local is not None else contextlib.nullcontext():
             report["layers"], report["resumed_blocks"] = _run(
                 model,
                 all_blocks,
                 targeted,
-                chunks,
+                mine,
                 propagation,
                 device,
                 store_device,
-                ckpt,
+                local,
                 originals if restore_on_error and stream is None else None,
                 progress,
                 prune_args,
                 stream,
+                w,
+                len(chunks),
             )
-            if ckpt is not None:
-                ckpt.mark_complete()
+            if local is not None:
+                local.mark_complete()
     except BaseException as exc:
         with torch.no_grad():
             for linear, weight in originals.items():
@@ -202,7 +223,7 @@ def compress(
 
 
 def _run(model, all_blocks, targeted, chunks, propagation, device, store_device, ckpt, originals, progress, prune_args,
-         stream=None):
+         stream=None, w=None, total=None):
     """Algorithm 1 lines 8-10 over streamed chunks; returns (report rows, blocks resumed from a checkpoint)."""
     last = max(targeted)
     front = front_modules(model, all_blocks)
@@ -218,17 +239,20 @@ def _run(model, all_blocks, targeted, chunks, propagation, device, store_device,
         kwargs = ChunkKwargs(model, all_blocks, chunks, device)
         resumed = ckpt.done if ckpt is not None else []
         rows = ckpt.rows() if ckpt is not None else []
+        if w is not None:  # rank 0 read the checkpoint: every rank resumes the same blocks
+            resumed, rows = distributed.broadcast((resumed, rows), 0, "checkpoint state")
         for index in range(last + 1):
             block = all_blocks[index]
             if stream is not None:
                 stream.materialise(block, index)
             with onloaded([block], device):
                 if index in resumed:
-                    _apply_checkpoint(
-                        block, targeted[index], ckpt.load_block(index), originals, propagation, store, kwargs, device
-                    )
+                    saved = ckpt.load_block(index) if ckpt is not None else None
+                    if w is not None:
+                        saved = distributed.broadcast(saved, 0, f"checkpointed block {index}")
+                    _apply_checkpoint(block, targeted[index], saved, originals, propagation, store, kwargs, device)
                 elif index in targeted:
-                    new_rows, weights = _prune_block(
+                    new_rows, weights = (_prune_block if w is None else partial(_prune_block_distributed, w, total))(
                         block,
                         index,
                         targeted[index],
@@ -297,6 +321,111 @@ def _prune_block(block, index, linears, chunks, store, kwargs, device, propagati
             W_hat = linear.weight.detach().to(device, torch.float32)
             stored[name] = linear.weight.detach()
             rows.append(_row(index, name, leader, hess, dense[name], W_hat, by_source, info, seconds))
+    if propagation == "sequential" and index < last:
+        propagate(block, store, kwargs, device)
+    return rows, stored
+
+
+class _ChunkTerms(StreamedBlockHessians):
+    """One chunk's float32 terms x^T x per (group, source), kept apart (``terms``, in the order one process adds
+    them to its accumulators) instead of added: each is what ``HessianAccumulator.add`` adds for that chunk."""
+
+    terms: list
+
+    def accumulate(self, leader: str, x: torch.Tensor) -> None:
+        for code in torch.unique(self._labels).tolist():
+            if code < 0:  # padding
+                continue
+            one = HessianAccumulator(x.shape[-1], device=self.device)
+            one.add(x[self._labels == code])
+            self.terms.append(((leader, code), one._sum))
+
+
+def _prune_block_distributed(w, total, block, index, linears, chunks, store, kwargs, device, propagation, originals,
+                             prune_args, last):
+    """``_prune_block`` on K ranks (DIST-2): in rounds of K chunks, each rank runs its chunk through the block
+    and sends each float32 term x^T x to the owner rank of its input group, which adds the terms in the
+    one-process order (so its H is bitwise the one-process H); the owner prunes and computes the report
+    rows; the pruned weights and rows are broadcast in the block's group order; then each rank propagates
+    its own chunks. ``total``: the number of chunks of all ranks. Returns (report rows, {name: weight})."""
+    hess = _ChunkTerms(index, linears, device)
+    sums: dict = {}  # (leader, source) -> float32 H this rank owns, keys in the one-process order
+    groups = owner = None
+    handles = [m.register_forward_pre_hook(hess.hook(n)) for n, m in linears.items()]
+    try:
+        for j in range(-(-total // w.size)):  # round j: rank r runs global chunk j K + r (shard's round-robin)
+            hess.terms = []
+            if j < len(chunks):
+                hess.set_batch(chunks[j])
+                out = run_block(block, store[j].to(device, non_blocking=True), kwargs[j])
+                if propagation == "dense" and index < last:
+                    store[j].copy_(out)
+            if groups is None:  # from the first forward: rank 0 has chunk 0, so it has seen every linear's input
+                groups = distributed.broadcast(hess.groups() if w.leader else None, 0, f"block {index} input groups")
+                owner = distributed.owners({g: distributed.group_cost(linears, n) for g, n in groups.items()},
+                                           w.size)
+            listing = distributed.all_gather([key for key, _ in hess.terms], f"block {index} round {j} terms")
+            # every term to its group's owner, added in global chunk order (j K + 0, j K + 1, ...) and, within a
+            # chunk, in the order one process adds them: the same float32 additions of the same GEMM results
+            for src, keys in enumerate(listing):
+                for pos, key in enumerate(keys):
+                    dst = owner[key[0]]
+                    if src != w.rank and dst != w.rank:
+                        continue
+                    if src == w.rank and dst != w.rank:
+                        distributed.send(hess.terms[pos][1], dst, f"block {index} H term of {key[0]}")
+                        continue
+                    n = linears[key[0]].in_features
+                    term = hess.terms[pos][1] if src == w.rank else torch.empty(n, n, device=device)
+                    if src != w.rank:
+                        distributed.recv(term, src, f"block {index} H term of {key[0]}")
+                    if key not in sums:
+                        sums[key] = HessianAccumulator(n, device=device)
+                    sums[key]._sum += term
+    finally:
+        for h in handles:
+            h.remove()
+    hess.terms = []
+    hess.acc = sums
+    counts = distributed.all_gather(hess.tokens, f"block {index} token counts")
+    hess.tokens = {c: sum(t.get(c, 0) for t in counts) for c in range(len(LABELS))}  # exact integer sums
+    results, error = {}, None
+    for leader, names in groups.items():
+        if owner[leader] != w.rank or error is not None:
+            continue
+        try:
+            start = time.perf_counter()
+            by_source = hess.by_source(leader)
+            H = sum(by_source.values())
+            dense = {n: linears[n].weight.detach().to(device, torch.float32, copy=True) for n in names}
+            pruned = prune_shared(dense, H, **prune_args)
+            seconds = (time.perf_counter() - start) / len(names)
+            weights, group_rows = {}, []
+            for name in names:
+                weights[name] = pruned[name][0].to(linears[name].weight.device, linears[name].weight.dtype)
+                info = dict(getattr(pruned[name], "info", {}) or {})
+                W_hat = weights[name].to(device, torch.float32)
+                group_rows.append(_row(index, name, leader, hess, dense[name], W_hat, by_source, info, seconds))
+            results[leader] = (weights, group_rows)
+        except Exception as exc:  # sent to every rank with this group's result, raised there
+            error = (type(exc).__name__, str(exc))
+            results[leader] = (None, None)
+    rows, stored = [], {}
+    for leader, names in groups.items():
+        src = owner[leader]
+        weights, group_rows = results.get(leader, (None, None))
+        sent = distributed.broadcast((error if src == w.rank and weights is None else None, group_rows), src,
+                                     f"block {index} result of {leader}")
+        distributed.raise_remote(sent[0], src)
+        rows += sent[1]
+        for name in names:
+            linear = linears[name]
+            buffer = weights[name] if src == w.rank else torch.empty_like(linear.weight)
+            distributed.broadcast_tensor(buffer, src, f"block {index} weights of {name}")
+            if originals is not None:
+                originals[linear] = linear.weight.detach().to("cpu", copy=True)
+            linear.weight.copy_(buffer)
+            stored[name] = linear.weight.detach()
     if propagation == "sequential" and index < last:
         propagate(block, store, kwargs, device)
     return rows, stored

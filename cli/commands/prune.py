@@ -146,6 +146,7 @@ def run(args) -> int:
     sparsity, blocks, targets, options = _prune_arguments(args)
     bundled = args.model is None
     model_dir, out, checkpoint_dir = _preflight(args, bundled)
+    world = _init_distributed(args)  # torchrun with several processes (DIST-*): rank 0 alone prints and writes
     given = read_trace_ids(args.trace_ids) if args.trace_ids else None
     if given is not None:  # the problems are those of the traces
         problems = [{"id": r["id"], "problem": r["problem"] or ""} for r in given]
@@ -161,6 +162,8 @@ def run(args) -> int:
             raise ValueError(f"--num-prompts must be a positive integer, got {num_prompts}")
         problems = problems[:num_prompts]
     held_out = _eval_problems(args, bundled)
+    if world is not None and not world.leader:
+        held_out = []  # the pruned model is the same on every rank: rank 0 evaluates it
     extra = {}
     temperature = args.temperature
     if given is not None:
@@ -272,11 +275,41 @@ def run(args) -> int:
         after = _evaluate(model, tokenizer, held_out, args, "pruned")
         report["evaluation"] = {"dense": before, "pruned": after}
         print(evaluation_table(before, after))
-    if out is not None:
+    if out is not None and (world is None or world.leader):
         export_pruned(model, tokenizer, out, report=report, overwrite=args.overwrite,
                       before_rename=lambda: faults.reached("export"))
         print(f"wrote {out} (safetensors, tokenizer, {out / 'report.json'})")
     return 0
+
+
+def _init_distributed(args):
+    """Under torchrun with WORLD_SIZE > 1: the process group (gloo on the CPU, NCCL on CUDA), stdout and the
+    progress bars of ranks other than 0 silenced, RAC_FAULT applied only on rank RAC_FAULT_RANK when that is
+    set (the DIST tests kill one rank). None in one process: nothing changes."""
+    import os
+
+    import torch
+
+    from rac.fast import distributed
+
+    if not distributed.launched():
+        return None
+    if args.impl == "reference":
+        raise ValueError("--impl reference runs in one process; launch it without torchrun (WORLD_SIZE="
+                         f"{os.environ.get('WORLD_SIZE')}) or use --impl fast")
+    if args.stream_weights:
+        raise ValueError("--stream-weights runs in one process; launch it without torchrun (WORLD_SIZE="
+                         f"{os.environ.get('WORLD_SIZE')})")
+    device = args.device or "auto"
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    world = distributed.init_from_env("cuda" if cuda else "cpu")
+    chosen = os.environ.get("RAC_FAULT_RANK")
+    if chosen is not None and chosen != str(world.rank):
+        os.environ.pop("RAC_FAULT", None)
+    if not world.leader:
+        args.quiet = True
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the rest of this process)
+    return world
 
 
 def compute_device(args, model_dir) -> str:
