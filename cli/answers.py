@@ -77,6 +77,36 @@ def extract_boxed(text: str) -> str | None:
     return best
 
 
+def compile_answer_regex(pattern: str | None, option: str = "--answer-regex"):
+    """``pattern`` compiled, or None for the default (``\\boxed{}``); ValueError naming ``option`` when it does
+    not compile or has no group (its first group is the answer)."""
+    if pattern is None:
+        return None
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"{option} must be a non-empty regular expression, got {pattern!r}")
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{option} {pattern!r} is not a regular expression: {e}") from None
+    if compiled.groups < 1:
+        raise ValueError(f"{option} {pattern!r} has no group: its first group (...) must capture the answer")
+    return compiled
+
+
+def extract_answer(text: str | None, answer_regex=None) -> str | None:
+    """The final answer in a reply's answer part: with ``answer_regex`` (compiled, ``compile_answer_regex``) the
+    first group of its last match, stripped (None if it never matches, or the group is empty); otherwise
+    ``extract_boxed``. The last match, as the last box: a reply may restate intermediate results first."""
+    if answer_regex is None:
+        return extract_boxed(text)
+    if text is None:
+        return None
+    found = None
+    for match in answer_regex.finditer(text):
+        found = match.group(1)
+    return found.strip() if found and found.strip() else None
+
+
 def _braced(text: str, i: int) -> str | None:
     """The content of the brace group that opens at ``text[i]`` (after optional spaces), or None."""
     while i < len(text) and text[i] == " ":

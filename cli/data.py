@@ -56,15 +56,30 @@ def _read_jsonl(path, required: tuple, what: str = "file") -> list:
     return records
 
 
-def read_problems(path) -> list:
-    """Problems of a JSON-lines file, in file order, as dicts with at least "id" and "problem".
+def read_problems(path, problem_field: str | None = None) -> list:
+    """Calibration problems, in source order, as dicts with at least "id" and "problem" (spec CAL-9).
 
-    "problem" (a non-empty string) is required; "id" defaults to the line number
-    as a string; "answer" and any other fields are kept as they are. Ids must be unique.
+    Every source ``rac eval`` reads (``rac.cli.eval_data.load_problems``: JSON lines, a JSON list, parquet,
+    CSV, arrow, a ``save_to_disk`` directory, ``hf:NAME``), but no answer is required. The problem is the
+    field ``problem_field``, else the first of "problem", "question", "Problem", "prompt" present. In a
+    JSON-lines file "id" defaults to the line number as a string and errors name the line; "answer" and
+    any other fields are kept as they are. Ids must be unique.
     """
+    from rac.cli.eval_data import HUB_PREFIX, PROBLEM_FIELDS, load_problems
+
+    if problem_field is not None and (not isinstance(problem_field, str) or not problem_field.strip()):
+        raise ValueError(f"--problem-field must be a non-empty field name, got {problem_field!r}")
+    if str(path).startswith(HUB_PREFIX) or Path(path).suffix != ".jsonl":
+        return load_problems(path, problem_field=problem_field, require_answer=False)
+    fields = (problem_field,) if problem_field else PROBLEM_FIELDS
     problems, seen = [], {}
-    for lineno, row in _read_jsonl(path, ("problem",), "problems file"):
-        row = {**row, "id": str(row.get("id", lineno))}
+    for lineno, row in _read_jsonl(path, (), "problems file"):
+        key = next((k for k in fields if isinstance(row.get(k), str) and row[k].strip()), None)
+        if key is None:
+            hint = "" if problem_field else " (or name the field with --problem-field)"
+            raise ValueError(f"{path}: line {lineno} needs a non-empty string field "
+                             f"{' / '.join(map(repr, fields))}{hint}")
+        row = {**row, "id": str(row.get("id", lineno)), "problem": row[key]}
         if row["id"] in seen:
             raise ValueError(f"{path}: line {lineno} repeats id {row['id']!r} of line {seen[row['id']]}")
         seen[row["id"]] = lineno
@@ -144,3 +159,43 @@ def read_trace_ids(path) -> list:
         raise ValueError(f"{path}: the traces were sampled at several temperatures {sorted(temperatures)}; give one "
                          "setting per file")
     return out
+
+
+class UnknownTokensWarning(UserWarning):
+    """Much of the calibration text maps to the tokenizer's unknown token: calibration sees no real text."""
+
+
+#: Above this fraction of unknown tokens the calibration set is mostly not the text it was made from (CAL-15).
+UNKNOWN_TOKENS_FRACTION = 0.01
+
+
+def record_unknown_tokens(calib, tokenizer) -> dict | None:
+    """Count the tokenizer's unknown token in ``calib`` (every source: a corpus in another alphabet, prompts
+    with characters a small vocabulary lacks), store {"unk_token", "count", "fraction"} in
+    ``calib.meta["unknown_tokens"]`` (report.json keeps it) and warn (UnknownTokensWarning) above
+    UNKNOWN_TOKENS_FRACTION. None for a tokenizer without an unknown token (byte-level BPE cannot have any)."""
+    import warnings
+
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or calib.num_tokens == 0:
+        return None
+    count = int(sum(int((seq == unk).sum()) for seq in calib.sequences))
+    entry = {"unk_token": tokenizer.unk_token, "count": count, "fraction": count / calib.num_tokens}
+    calib.meta["unknown_tokens"] = entry
+    if entry["fraction"] > UNKNOWN_TOKENS_FRACTION:
+        by_source = {name: int(sum(int(((seq == unk) & (lab == code)).sum())
+                                   for seq, lab in zip(calib.sequences, calib.labels)))
+                     for code, name in enumerate(_label_names())}
+        where = ", ".join(f"{n} {c}" for n, c in by_source.items() if c)
+        warnings.warn(UnknownTokensWarning(
+            f"{count} of the {calib.num_tokens} calibration tokens ({entry['fraction']:.1%}; {where}) are the "
+            f"unknown token {tokenizer.unk_token!r}: this tokenizer cannot write much of the calibration text "
+            "(a corpus in another script or alphabet?); give a corpus or problems in the model's own vocabulary"
+        ), stacklevel=2)
+    return entry
+
+
+def _label_names() -> tuple:
+    from rac.reference.calibration_set import LABELS
+
+    return LABELS

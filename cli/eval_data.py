@@ -37,8 +37,9 @@ ID_FIELDS = ("id", "unique_id", "idx")
 
 
 def load_problems(source, *, split: str = "test", problem_field: str | None = None,
-                  answer_field: str | None = None, limit: int | None = None) -> list:
-    """Problems of ``source`` (module docstring), in source order, at most ``limit`` of them."""
+                  answer_field: str | None = None, limit: int | None = None, require_answer: bool = True) -> list:
+    """Problems of ``source`` (module docstring), in source order, at most ``limit`` of them.
+    ``require_answer=False`` (calibration problems): a record without an answer is kept, with none."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be None or an int >= 1, got {limit!r}")
     if not isinstance(source, (str, Path)) or not str(source).strip():
@@ -46,7 +47,7 @@ def load_problems(source, *, split: str = "test", problem_field: str | None = No
     if str(source).startswith(HUB_PREFIX):
         name = str(source)[len(HUB_PREFIX):]
         rows, where = _load_dataset(name, Path(name), split, hub=True), f"{name} (split {split!r})"
-        return _finish(rows, where, limit, problem_field, answer_field)
+        return _finish(rows, where, limit, problem_field, answer_field, require_answer)
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{source}: no such file or directory (a Hugging Face dataset is read only when "
@@ -57,13 +58,14 @@ def load_problems(source, *, split: str = "test", problem_field: str | None = No
         rows, where = _read_json_list(path), str(path)
     else:
         rows, where = _load_dataset(source, path, split), f"{source} (split {split!r})"
-    return _finish(rows, where, limit, problem_field, answer_field)
+    return _finish(rows, where, limit, problem_field, answer_field, require_answer)
 
 
-def _finish(rows, where, limit, problem_field, answer_field) -> list:
+def _finish(rows, where, limit, problem_field, answer_field, require_answer=True) -> list:
     if limit is not None:
         rows = rows[:limit]
-    problems = [normalize_record(row, i, where, problem_field, answer_field) for i, row in enumerate(rows)]
+    problems = [normalize_record(row, i, where, problem_field, answer_field, require_answer)
+                for i, row in enumerate(rows)]
     if not problems:
         raise ValueError(f"{where}: no problems")
     seen = {}
@@ -74,14 +76,21 @@ def _finish(rows, where, limit, problem_field, answer_field) -> list:
     return problems
 
 
-def normalize_record(row, index: int, where: str, problem_field=None, answer_field=None) -> dict:
-    """One record as {"id", "problem", "answer", ...}; ValueError naming ``where`` and the record."""
+def normalize_record(row, index: int, where: str, problem_field=None, answer_field=None,
+                     require_answer: bool = True) -> dict:
+    """One record as {"id", "problem", "answer", ...}; ValueError naming ``where`` and the record.
+    ``require_answer=False``: a record with no answer field at all has none (its other checks stay)."""
     if not isinstance(row, dict):
         raise ValueError(f"{where}: record {index} must be an object, got {type(row).__name__}")
     problem_key = _first_key(row, (problem_field,) if problem_field else PROBLEM_FIELDS)
     if problem_key is None or not isinstance(row[problem_key], str) or not row[problem_key].strip():
         wanted = problem_field or " / ".join(PROBLEM_FIELDS)
         raise ValueError(f"{where}: record {index} has no problem text (a non-empty str field {wanted})")
+    missing = _first_key(row, (answer_field,) if answer_field else ANSWER_FIELDS) is None and not (
+        answer_field is None and isinstance(row.get("solution"), str))
+    if missing and not require_answer:
+        id_key = _first_key(row, ID_FIELDS)
+        return {**row, "id": str(row[id_key]) if id_key is not None else str(index), "problem": row[problem_key]}
     answer = _answer(row, index, where, answer_field)
     id_key = _first_key(row, ID_FIELDS)
     pid = str(row[id_key]) if id_key is not None else str(index)

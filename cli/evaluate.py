@@ -28,12 +28,15 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from rac.reference.contract.models import eval_mode
-from rac.cli.answers import THINK_CLOSE, THINK_OPEN, answers_match, extract_boxed, math_verify_available, split_reply
+from rac.cli.answers import (
+    THINK_CLOSE, THINK_OPEN, answers_match, compile_answer_regex, extract_answer, math_verify_available, split_reply,
+)
 from rac.reference.calibration import eos_token_ids, render_prompt, template_prompt
 
 STATUSES = ("correct", "wrong", "no_think_close", "no_boxed")
@@ -156,14 +159,16 @@ def build_prompts(tokenizer, problems: list, chat_template: bool = True, instruc
 
 
 def grade(pid: str, sample: int, gold: str, tokens: list, tokenizer, think_opened: bool, stopped: str,
-          use_math_verify: bool | None, think_close_id: int | None) -> Generation:
-    """One generation's status, prediction and token counts (see the module docstring)."""
+          use_math_verify: bool | None, think_close_id: int | None, answer_regex=None) -> Generation:
+    """One generation's status, prediction and token counts (see the module docstring). ``answer_regex``: a
+    compiled pattern whose first group is the answer (``rac.cli.answers.compile_answer_regex``), instead of
+    the last ``\\boxed{}``; status ``no_boxed`` then means it found none."""
     text = tokenizer.decode(tokens, skip_special_tokens=True)
     thinking_text, answer_part, closed = split_reply(text, think_opened)
     if not closed:
         status, prediction = "no_think_close", None
     else:
-        prediction = extract_boxed(answer_part)
+        prediction = extract_answer(answer_part, answer_regex)
         if prediction is None:
             status = "no_boxed"
         else:
@@ -261,6 +266,7 @@ def evaluate(
     chat_template: bool = True,
     instruction: str | None = None,
     use_math_verify: bool | None = None,
+    answer_regex: str | None = None,
     progress=None,
 ) -> EvalResult:
     """Generate ``samples`` replies per problem and grade them (module docstring).
@@ -270,6 +276,7 @@ def evaluate(
     batch b is sampled with seed ``seed + b``. ``progress``: optional callable(done, total).
     """
     _check(problems, max_new_tokens, samples, temperature, top_p, seed, batch_size)
+    pattern = compile_answer_regex(answer_regex, "answer_regex")
     start = time.perf_counter()
     prompt_ids, opened = build_prompts(tokenizer, problems, chat_template, instruction)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -298,7 +305,8 @@ def evaluate(
             for (i, k), (tokens, stopped) in zip(batch, rows):
                 generations.append(
                     grade(
-                        ids[i], k, problems[i]["answer"], tokens, tokenizer, opened, stopped, use_math_verify, close_id
+                        ids[i], k, problems[i]["answer"], tokens, tokenizer, opened, stopped, use_math_verify, close_id,
+                        pattern,
                     )
                 )
             if progress is not None:
@@ -313,6 +321,37 @@ def evaluate(
         "chat_template": chat_template,
         "instruction": instruction,
         "math_verify": bool(use_math_verify is not False and math_verify_available()),
+        "answer_regex": answer_regex,
     }
     kinds = {ids[i]: p["kind"] for i, p in enumerate(problems) if "kind" in p}
+    warn_if_no_answers(generations, answer_regex)
     return EvalResult(generations, samples, settings, gen_time, time.perf_counter() - start, kinds)
+
+
+class NoAnswersWarning(UserWarning):
+    """The grader found (almost) no answer in the replies: most likely it looks for the wrong format."""
+
+
+#: Below this answered fraction the grader, not the model, is the likely cause (EVAL-12).
+NO_ANSWERS_FRACTION = 0.05
+
+
+def warn_if_no_answers(generations: list, answer_regex: str | None) -> None:
+    """NoAnswersWarning when fewer than NO_ANSWERS_FRACTION of the replies that closed their thinking gave an
+    answer the grader could read: a model that answers in its own format scores 0 with no other sign."""
+    closed = [g for g in generations if g.status != "no_think_close"]
+    if not closed:
+        return
+    answered = sum(g.status in ("correct", "wrong") for g in closed) / len(closed)
+    if answered < NO_ANSWERS_FRACTION:
+        looked_for = f"a match of --answer-regex {answer_regex}" if answer_regex else "a final \\boxed{...}"
+        warnings.warn(NoAnswersWarning(
+            f"the grader finds no answers: {answered:.1%} of {len(closed)} replies that finished thinking had "
+            f"{looked_for} after </think>; if the model answers in another format, pass --answer-regex PATTERN "
+            f"(its first group is the answer). First reply's answer part: {_tail(closed[0].text)!r}"
+        ), stacklevel=2)
+
+
+def _tail(text: str, n: int = 120) -> str:
+    part = text.partition(THINK_CLOSE)[2] or text
+    return part.strip()[:n]

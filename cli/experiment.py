@@ -41,6 +41,7 @@ from rac.reference.calibration_set import LABELS
 from rac.reference.contract import registry
 from rac.reference.contract.patterns import parse_pattern
 from rac.reference.contract.values import check_sparsity
+from rac.cli.data import record_unknown_tokens
 from rac.cli.evaluate import evaluate
 from rac.cli.export import jsonable
 
@@ -157,7 +158,7 @@ def implementation(impl: str, device: str):
 
 
 def make_calibrations(model, tokenizer, problems, corpus, calibrations, *, collect, collect_extra, token_budget,
-                      trace_max_new_tokens, window, seed, temperature, log=print) -> dict:
+                      trace_max_new_tokens, window, seed, temperature, top_k=0, top_p=1.0, log=print) -> dict:
     """One calibration set per mode, each of exactly ``token_budget`` tokens: {mode: (CalibrationSet, seconds)}."""
     prompts = [p["problem"] for p in problems]
     out = {}
@@ -167,8 +168,10 @@ def make_calibrations(model, tokenizer, problems, corpus, calibrations, *, colle
         if mode == "text":
             extra.update(corpus=corpus, window=window)
         calib = collect(model, tokenizer, prompts, mode=mode, max_new_tokens=trace_max_new_tokens,
-                        temperature=temperature, seed=seed, token_budget=token_budget, **extra)
+                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, token_budget=token_budget,
+                        **extra)
         seconds = time.perf_counter() - started
+        record_unknown_tokens(calib, tokenizer)  # CAL-15
         if calib.num_tokens != token_budget:  # short of the budget: the comparison would not be at equal tokens
             raise ValueError(f"calibration {mode!r} has {calib.num_tokens} tokens, not token_budget={token_budget}")
         out[mode] = (calib, seconds)
@@ -180,11 +183,13 @@ def make_calibrations(model, tokenizer, problems, corpus, calibrations, *, colle
 # --------------------------------------------------------------------------- one cell
 
 
-def evaluation_record(model, tokenizer, problems, *, max_new_tokens, batch_size) -> dict:
+def evaluation_record(model, tokenizer, problems, *, max_new_tokens, batch_size, answer_regex=None) -> dict:
     """``evaluate`` (greedy) as the tables need it: summary numbers, eval time and every graded reply
-    (without its text: id, status, prediction, thinking / generated tokens, why it stopped)."""
+    (id, status, prediction, thinking / generated tokens, why it stopped, and its text, so that the replies
+    can be graded again, with another ``--answer-regex`` say, without generating them again)."""
     started = time.perf_counter()
-    result = evaluate(model, tokenizer, problems, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    result = evaluate(model, tokenizer, problems, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                      answer_regex=answer_regex)
     seconds = time.perf_counter() - started
     s = result.summary()
     return {
@@ -194,7 +199,8 @@ def evaluation_record(model, tokenizer, problems, *, max_new_tokens, batch_size)
         "generated_tokens": s["generated_tokens"], "tokens_per_s": s["tokens_per_s"],
         "acc_by_kind": s.get("acc@1_by_kind"), "eval_s": seconds,
         "records": [{"id": g.id, "status": g.status, "prediction": g.prediction, "thinking_tokens": g.thinking_tokens,
-                     "generated_tokens": g.generated_tokens, "stopped": g.stopped} for g in result.generations],
+                     "generated_tokens": g.generated_tokens, "stopped": g.stopped, "text": g.text}
+                    for g in result.generations],
     }
 
 
@@ -228,14 +234,14 @@ def prune_copy(dense, calib, cell: Cell, *, compress, compress_extra) -> tuple:
 
 
 def run_cell(dense, tokenizer, calib, cell: Cell, eval_problems, *, compress, compress_extra, max_new_tokens,
-             eval_batch_size) -> dict:
+             eval_batch_size, answer_regex=None) -> dict:
     """Prune a fresh copy of ``dense`` for ``cell`` (``prune_copy``), evaluate it, return its record."""
     model, report, prune_s = prune_copy(dense, calib, cell, compress=compress, compress_extra=compress_extra)
     record = {"calibration": cell.calibration, "method": cell.method, "pattern": cell.pattern,
               "sparsity": cell.sparsity, "nominal_sparsity": cell.nominal_sparsity, "setting": cell.setting,
               "prune_s": prune_s, "objective": objective_summary(report)}
     record.update(evaluation_record(model, tokenizer, eval_problems, max_new_tokens=max_new_tokens,
-                                    batch_size=eval_batch_size))
+                                    batch_size=eval_batch_size, answer_regex=answer_regex))
     return record
 
 
@@ -272,17 +278,22 @@ def environment(root: Path | None = None) -> dict:
 
 
 def run_experiment(model, tokenizer, *, calibration_problems, eval_problems, corpus, cells, token_budget,
-                   max_new_tokens, trace_max_new_tokens=256, window=128, seed=0, temperature=0.0, impl="fast",
-                   device="cpu", eval_batch_size=32, settings=None, log=print) -> dict:
+                   max_new_tokens, trace_max_new_tokens=256, window=128, seed=0, temperature=0.0, top_k=0,
+                   top_p=1.0, impl="fast", device="cpu", eval_batch_size=32, answer_regex=None, settings=None,
+                   log=print, done=None, on_cell=None) -> dict:
     """Run the grid ``cells`` (``check_grid``) on ``model`` (left dense) and return the results dict.
 
     calibration_problems: dicts with "problem" (``calibration_slice``); eval_problems: dicts with
     "problem" and "answer" (``load_problems``); corpus: the text of the ``text`` mode.
+    temperature, top_k, top_p: how rac traces are sampled. answer_regex: the grader (``rac.cli.evaluate``).
+    done: the results of an earlier, interrupted run with the same settings (XP-7): its dense row and
+    finished cells are kept, not recomputed. on_cell(results so far): called after the dense row and each
+    cell, so that they can be written as they finish.
     """
     _check_int(max_new_tokens, "max_new_tokens", 1)
     _check_int(trace_max_new_tokens, "trace_max_new_tokens", 1)
     _check_int(eval_batch_size, "eval_batch_size", 1)
-    check_calibration_options("rac", trace_max_new_tokens, temperature, 0, 1.0, token_budget, window, seed)
+    check_calibration_options("rac", trace_max_new_tokens, temperature, top_k, top_p, token_budget, window, seed)
     calibrations = list(dict.fromkeys(c.calibration for c in cells))
     check_budget(tokenizer, calibrations, calibration_problems, corpus, token_budget, window)
     collect, compress, collect_extra, compress_extra = implementation(impl, device)
@@ -293,34 +304,72 @@ def run_experiment(model, tokenizer, *, calibration_problems, eval_problems, cor
     started = time.perf_counter()
     results = {"settings": dict(settings or {}, token_budget=token_budget, max_new_tokens=max_new_tokens,
                                 trace_max_new_tokens=trace_max_new_tokens, window=window, seed=seed,
-                                temperature=temperature, impl=impl, device=str(device),
-                                eval_batch_size=eval_batch_size, calibration_problems_used=len(calibration_problems),
+                                temperature=temperature, top_k=top_k, top_p=top_p, impl=impl, device=str(device),
+                                eval_batch_size=eval_batch_size, answer_regex=answer_regex,
+                                calibration_problems_used=len(calibration_problems),
                                 eval_problems_used=len(eval_problems)),
                "environment": environment()}
-    dense = evaluation_record(model, tokenizer, eval_problems, max_new_tokens=max_new_tokens,
-                              batch_size=eval_batch_size)
-    log(f"dense: acc@1 {dense['acc']:.3f} (SE {dense['se']:.3f}), thinking {dense['thinking_mean']:.1f}, "
-        f"{dense['eval_s']:.1f} s")
+    if done is not None:
+        check_resumable(done, results["settings"])
+    if done is not None and done.get("dense"):
+        dense = done["dense"]
+        log("dense: kept from the interrupted run")
+    else:
+        dense = evaluation_record(model, tokenizer, eval_problems, max_new_tokens=max_new_tokens,
+                                  batch_size=eval_batch_size, answer_regex=answer_regex)
+        log(f"dense: acc@1 {dense['acc']:.3f} (SE {dense['se']:.3f}), thinking {dense['thinking_mean']:.1f}, "
+            f"{dense['eval_s']:.1f} s")
     results["dense"] = dense
+    results["cells"] = []
+    if on_cell is not None:
+        on_cell(_plain(results))
     sets = make_calibrations(model, tokenizer, calibration_problems, corpus, calibrations, collect=collect,
                              collect_extra=collect_extra, token_budget=token_budget,
                              trace_max_new_tokens=trace_max_new_tokens, window=window, seed=seed,
-                             temperature=temperature, log=log)
+                             temperature=temperature, top_k=top_k, top_p=top_p, log=log)
     results["calibration"] = {
         mode: {**calib.summary(), "seconds": seconds,
                "trace_stops": calib.meta.get("trace_stops"), "meta": _plain(calib.meta)}
         for mode, (calib, seconds) in sets.items()
     }
-    results["cells"] = []
+    finished = {_cell_key(c): c for c in (done or {}).get("cells", [])}
     for i, cell in enumerate(cells, start=1):
+        key = (cell.calibration, cell.method, cell.pattern, cell.sparsity)
+        if key in finished:
+            results["cells"].append(finished[key])
+            log(f"[{i}/{len(cells)}] {cell.method} {cell.setting} {cell.calibration}: kept from the interrupted run")
+            continue
         rec = run_cell(model, tokenizer, sets[cell.calibration][0], cell, eval_problems, compress=compress,
-                       compress_extra=compress_extra, max_new_tokens=max_new_tokens, eval_batch_size=eval_batch_size)
-        results["cells"].append(rec)
+                       compress_extra=compress_extra, max_new_tokens=max_new_tokens, eval_batch_size=eval_batch_size,
+                       answer_regex=answer_regex)
+        results["cells"].append(_plain(rec))
+        if on_cell is not None:
+            on_cell(_plain(results))
         log(f"[{i}/{len(cells)}] {cell.method} {cell.setting} {cell.calibration}: acc@1 {rec['acc']:.3f} "
             f"(SE {rec['se']:.3f}), thinking {rec['thinking_mean']:.1f}, hit limit {rec['stopped_at_limit']}, "
             f"prune {rec['prune_s']:.1f} s, eval {rec['eval_s']:.1f} s")
     results["wall_time_s"] = time.perf_counter() - started
     return _plain(results)
+
+
+def _cell_key(record: dict) -> tuple:
+    return (record["calibration"], record["method"], record["pattern"], record["sparsity"])
+
+
+#: Settings that may differ between an interrupted run and its resumption (they do not change a cell).
+RESUME_FREE = ("argv", "threads", "device", "eval_batch_size")
+
+
+def check_resumable(done: dict, settings: dict) -> None:
+    """ValueError naming the first setting in which the interrupted run ``done`` differs from this one."""
+    before = _plain(done.get("settings", {}))
+    now = _plain(settings)
+    for key in sorted(set(before) | set(now)):
+        if key in RESUME_FREE:
+            continue
+        if before.get(key) != now.get(key):
+            raise ValueError(f"--resume: the interrupted run was made with {key}={before.get(key)!r}, this one has "
+                             f"{now.get(key)!r}; resume with the same options or start a new --out")
 
 
 def _plain(obj):

@@ -45,7 +45,7 @@ def markdown_tables(results: dict) -> str:
     s = results["settings"]
     head = (f"acc@1 (SE) and mean thinking tokens on {dense['problems']} held-out problems (greedy, at most "
             f"{s['max_new_tokens']} new tokens); calibration: {s['token_budget']} tokens per mode; "
-            f"best accuracy of each row in bold.")
+            f"best accuracy of each row in bold (none where the row's cells are all equal).")
     cols = [f"acc {c}" for c in cals] + [f"think {c}" for c in cals]
     lines = [head, "", "| method | sparsity | " + " | ".join(cols) + " |",
              "| --- | --- |" + " ---: |" * len(cols)]
@@ -54,7 +54,9 @@ def markdown_tables(results: dict) -> str:
                  + " |")
     for method, setting in _settings_rows(results):
         row = [cells.get((method, setting, c)) for c in cals]
-        best = max(r["acc"] for r in row if r is not None)
+        present = [r["acc"] for r in row if r is not None]
+        # XP-8: a best only where the row has one: all cells equal (all zero, say) marks none
+        best = max(present) if len(set(present)) > 1 else None
         accs = [_accuracy_cell(r, best) for r in row]
         thinks = ["–" if r is None else f"{r['thinking_mean']:.1f}" for r in row]
         lines.append(f"| {method} | {setting} | " + " | ".join(accs + thinks) + " |")
@@ -62,7 +64,7 @@ def markdown_tables(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _accuracy_cell(record, best: float) -> str:
+def _accuracy_cell(record, best: float | None) -> str:
     if record is None:
         return "–"
     text = f"{record['acc']:.3f} ({record['se']:.3f})"

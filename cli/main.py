@@ -44,14 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
 #: What an interrupted command prints, per command: how to go on.
 RESUME_HINT = {
     "prune": "re-run the same command to start again; with --checkpoint-dir it resumes after the last finished block",
-    "experiment": "re-run the same command to start again",
+    "experiment": "re-run the same command with --resume to keep its finished cells (OUT.partial.json)",
     "calibrate": "re-run the same command to start again",
 }
 
 
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one command (``prune``, ...), as ``rac`` builds it."""
+    return build_parser()._subparsers._group_actions[0].choices[name]
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if getattr(args, "config", None):  # CLI-7: the file's options, then the command line's over them
+            from rac.cli.config import read_config
+
+            sub = parser._subparsers._group_actions[0].choices[args.command]
+            sub.set_defaults(**read_config(args.config, sub))
+            args = parser.parse_args(argv)
         return args.func(args)
     except (ValueError, TypeError, OSError) as exc:  # OSError: FileNotFoundError, PermissionError, a full disk
         print(f"rac {args.command}: error: {exc}", file=sys.stderr)

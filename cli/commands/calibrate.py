@@ -31,10 +31,12 @@ RECIPE_NAME = "llmcompressor_recipe.py"
 SHARED_OPTIONS = (
     "model", "prompts", "num_prompts", "traces", "trace_ids", "corpus", "trust_remote_code",
     "calibration", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "token_budget", "window",
-    "impl", "device", "dtype", "gen_batch_size", "cache",
+    "impl", "device", "dtype", "gen_batch_size", "cache", "no_chat_template", "chat_template", "threads",
+    "problem_field",
 )
 #: ``rac prune``'s Phase II / evaluation options, at the values that mean "none of it" for its preflight.
-NOT_HERE = {"checkpoint_dir": None, "eval_problems": None, "num_eval": None, "no_eval": True,
+NOT_HERE = {"checkpoint_dir": None, "eval_problems": None, "num_eval": None, "no_eval": True, "answer_regex": None,
+            "answer_field": None,
             "stream_weights": False, "out": None}
 
 
@@ -81,7 +83,8 @@ def calibration_inputs(args, bundled: bool) -> tuple:
         problems = [{"id": r["id"], "problem": r["problem"] or ""} for r in given]
     else:
         problems = read_problems(
-            Path(args.prompts) if args.prompts else fixtures.TOY_TRAIN if bundled else fixtures.PROBLEMS
+            Path(args.prompts) if args.prompts else fixtures.TOY_TRAIN if bundled else fixtures.PROBLEMS,
+            problem_field=args.problem_field,
         )
     num_prompts = args.num_prompts if args.num_prompts is not None else (
         DEFAULT_CALIBRATION_PROMPTS if bundled else None)
@@ -108,9 +111,18 @@ def calibration_inputs(args, bundled: bool) -> tuple:
 
 
 def run(args) -> int:
+    from rac.cli.options import torch_threads
+
+    with torch_threads(args.threads):
+        return _run(args)
+
+
+def _run(args) -> int:
     import torch
 
     from rac.cli import faults, preflight
+    from rac.cli.data import record_unknown_tokens
+    from rac.cli.options import apply_template_options
     from rac.reference.contract.atomic import atomic_directory
     from rac.cli.commands.prune import _bar, _implementation, _preflight, compute_device
     from rac.cli.export import load_model, load_tokenizer
@@ -133,6 +145,7 @@ def run(args) -> int:
     model = load_model(model_dir, dtype=dtype, trust_remote_code=args.trust_remote_code,
                        device=compute_device(checks, model_dir))
     tokenizer = load_tokenizer(model_dir, trust_remote_code=args.trust_remote_code)
+    apply_template_options(tokenizer, args, model_dir, needed=args.calibration != "text")  # CLI-5
     bar = None if args.quiet else _bar("Phase I ", "prompts")
 
     def progress(done, total, detail=""):
@@ -147,6 +160,7 @@ def run(args) -> int:
         seed=args.seed, token_budget=args.token_budget, progress=progress, **extra,
     )
     calib.activations = None
+    record_unknown_tokens(calib, tokenizer)  # CAL-15
     calib.meta["seconds"] = time.perf_counter() - started
     calib.meta["model_dir"] = str(model_dir)
     calib.meta["command"] = sys.argv[1:]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from rac.cli.options import apply_template_options
+
 
 def add_parser(sub) -> None:
     from rac.cli.commands.experiment import add_model_and_data_arguments
@@ -58,6 +60,7 @@ def add_parser(sub) -> None:
         help="also export the pruned models to DIR/prompt, DIR/rac (and DIR/text) (safetensors)",
     )
     run.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    run.add_argument("--quiet", action="store_true", help="only the lines that say what was written")
     p.set_defaults(func=run_command)
 
 
@@ -122,20 +125,18 @@ def run_command(args) -> int:
     corpus = read_corpus(args.corpus or fixtures.CORPUS) if args.with_text else ""
     toy = fixtures.ROOT / "toy-reasoner"
     model_dir = Path(args.model) if args.model else toy
-    problems = load_problems(args.eval_problems or toy / "test.jsonl", limit=args.num_problems)
+    problems = load_problems(args.eval_problems or toy / "test.jsonl", limit=args.num_problems,
+                             problem_field=args.problem_field, answer_field=args.answer_field)
     calib_problems = calibration_slice(
-        read_problems(args.calibration_problems or toy / "train.jsonl"),
+        read_problems(args.calibration_problems or toy / "train.jsonl", problem_field=args.problem_field),
         args.calibration_start,
         args.calibration_count,
         problems,
     )
     dense = load_model(model_dir)
     tokenizer = load_tokenizer(model_dir)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            f"--model {model_dir}: its tokenizer has no chat template; calibration prompts and "
-            "rollouts template every problem as a user turn with the generation prompt"
-        )
+    own_template = apply_template_options(tokenizer, args, model_dir)  # CLI-5
+    log = (lambda *a, **k: None) if args.quiet else print
     check_budget(tokenizer, modes, calib_problems, corpus, args.token_budget, args.window)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dense.to(device)
@@ -160,13 +161,14 @@ def run_command(args) -> int:
             window=args.window,
             seed=args.seed,
             temperature=args.temperature,
+            log=log,
         )
         pruned, reports = {}, {}
         for mode, cell in cells.items():
             pruned[mode], reports[mode], seconds = prune_copy(
                 dense, sets[mode][0], cell, compress=compress, compress_extra=compress_extra
             )
-            print(f"pruned with {mode} calibration: {cell.method} {cell.setting}, {seconds:.1f} s", flush=True)
+            log(f"pruned with {mode} calibration: {cell.method} {cell.setting}, {seconds:.1f} s", flush=True)
         rollouts = dense_rollouts(dense, tokenizer, problems, max_new_tokens=args.max_new_tokens)
         result = reconstruction_errors(dense, pruned, rollouts)
     finally:
@@ -201,12 +203,13 @@ def run_command(args) -> int:
     summary = result["summary"]
     for part in ("prompt_positions", "decode_positions"):
         p = summary[part]
-        print(
+        log(
             f"{part:<17} geomean r {p['geomean_ratio']:.3f}, RAC lower error at {100 * p['fraction_rac_better']:.1f}% "
             f"of {p['positions']} positions; mean e: " + ", ".join(f"{k} {v:.4f}" for k, v in p["mean_e"].items())
         )
     if args.save_models:
         root = Path(args.save_models)
+        tokenizer.chat_template = own_template  # the exports keep the tokenizer as it was
         for mode, model in pruned.items():
             export_pruned(model.to("cpu"), tokenizer, root / mode, report=reports[mode], overwrite=args.overwrite)
     if args.json:

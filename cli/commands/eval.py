@@ -12,6 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rac.cli.options import (
+    add_answer_option, add_field_options, add_template_options, apply_template_options, check_answer_option,
+    torch_threads,
+)
 from rac.reference.contract.atomic import atomic_file
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -63,25 +67,22 @@ def run(args) -> int:
             raise FileExistsError(f"--out {args.out} exists; pass --overwrite to replace it")
         preflight.writable_directory_target(args.out.parent / ".rac-probe", "--out", must_be_new=False)
     preflight.seed(args.seed)
+    check_answer_option(args)
     device = preflight.device(args.device)
     model_dir = check_model_dir(args.model, trust_remote_code=args.trust_remote_code)  # before reading problems
-    problems = load_problems(args.problems, split=args.split, limit=args.limit)
+    problems = load_problems(args.problems, split=args.split, limit=args.limit, problem_field=args.problem_field,
+                             answer_field=args.answer_field)
     tokenizer = load_tokenizer(args.tokenizer or model_dir, trust_remote_code=args.trust_remote_code,
                                option="--tokenizer" if args.tokenizer else "--model")
-    if not args.no_chat_template and not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"the tokenizer of {args.tokenizer or model_dir} has no chat template; "
-                         "pass --no-chat-template to feed each problem's raw text")
+    apply_template_options(tokenizer, args, args.tokenizer or model_dir)
     if device == "auto":  # as rac prune: CUDA when present
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(model_dir, dtype=getattr(torch, args.dtype), trust_remote_code=args.trust_remote_code,
+    # EVAL-10: the stored dtype unless --dtype says otherwise (a bfloat16 7B is not doubled to float32)
+    model = load_model(model_dir, dtype=getattr(torch, args.dtype) if args.dtype else None,
+                       trust_remote_code=args.trust_remote_code,
                        device=device)
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _evaluate_and_report(args, model, tokenizer, problems, model_dir)
-    finally:
-        torch.set_num_threads(threads)  # rac eval may run inside another program (tests)
 
 
 def _evaluate_and_report(args, model, tokenizer, problems, model_dir) -> int:
@@ -94,10 +95,11 @@ def _evaluate_and_report(args, model, tokenizer, problems, model_dir) -> int:
     result = evaluate(model, tokenizer, problems, max_new_tokens=args.max_new_tokens, samples=args.samples,
                       temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
                       chat_template=not args.no_chat_template, instruction=args.instruction,
-                      use_math_verify=False if args.no_math_verify else None, progress=progress)
+                      use_math_verify=False if args.no_math_verify else None, answer_regex=args.answer_regex,
+                      progress=progress)
     summary = result.summary()
     summary["settings"].update({"model": str(model_dir), "problems": str(args.problems), "split": args.split,
-                                "dtype": args.dtype, "device": str(model.device)})
+                                "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)})
     print(format_summary(summary))
     if args.out is not None:
         write_json_atomic(args.out, {"summary": summary, "generations": result.records()})
@@ -124,14 +126,16 @@ def add_parser(sub) -> None:
     p.add_argument("--instruction", default=None,
                    help="text appended to every problem after a blank line, e.g. 'Please reason step by step, "
                         "and put your final answer within \\boxed{}.'")
-    p.add_argument("--no-chat-template", action="store_true",
-                   help="feed the raw problem text instead of the chat-templated user turn")
+    add_template_options(p)
+    add_answer_option(p)
+    add_field_options(p)
     p.add_argument("--no-math-verify", action="store_true",
                    help="grade by exact match after normalisation even if math-verify is installed")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU; default), cpu, cuda, cuda:N")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a model that needs its own code (off by default: it is refused, never prompted for)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="load the weights in this dtype (default: as stored in the checkpoint)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="write the summary and every generation as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

@@ -13,8 +13,13 @@ written all at once (temporary directory, then rename).
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+
+from rac.cli.options import (
+    add_answer_option, add_field_options, add_template_options, apply_template_options, check_answer_option,
+)
 
 DEFAULT_SPARSITIES = "0.3,0.4,0.5,0.6,0.7"
 
@@ -50,6 +55,8 @@ def add_model_and_data_arguments(parser):
                       help="calibration problems available to Phase I, in file order (default 4000)")
     data.add_argument("--eval-problems", default=None,
                       help="held-out problems with answers (default: the toy reasoner's test.jsonl)")
+    add_template_options(data)
+    add_field_options(data)
     return data
 
 
@@ -72,8 +79,11 @@ def add_parser(sub) -> None:
     cal.add_argument("--trace-max-new-tokens", type=int, default=256, help="rac: T_max of a trace (default 256)")
     cal.add_argument("--window", type=int, default=128, help="text: tokens per corpus window (default 128)")
     cal.add_argument("--temperature", type=float, default=0.0, help="rac traces: 0 = greedy (default)")
+    cal.add_argument("--top-k", type=int, default=0, help="rac traces: 0 = off (default)")
+    cal.add_argument("--top-p", type=float, default=1.0, help="rac traces: nucleus sampling (default 1.0, off)")
     cal.add_argument("--seed", type=int, default=0, help="rac traces' sampling seed (matters with --temperature > 0)")
     ev = p.add_argument_group("evaluation")
+    add_answer_option(ev)
     ev.add_argument("--max-new-tokens", type=int, default=320, help="reply length limit (default 320)")
     ev.add_argument("--eval-batch-size", type=int, default=32)
     run = p.add_argument_group("implementation and output")
@@ -82,9 +92,24 @@ def add_parser(sub) -> None:
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--out", required=True, help="directory for results.json, results.md, results.png")
     run.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run that OUT.partial.json records (written after the dense row and each "
+                          "cell): its finished cells are kept")
     run.add_argument("--no-plot", action="store_true", help="skip results.png (no matplotlib needed)")
     run.add_argument("--quiet", action="store_true", help="no per-cell log lines")
     p.set_defaults(func=run_command)
+
+
+def partial_path(out: Path) -> Path:
+    """Where a run writes its results as they finish (XP-7): next to --out, removed when the run completes."""
+    return out.with_name(out.name + ".partial.json")
+
+
+def write_json_atomically(path: Path, obj) -> None:
+    from rac.reference.contract.atomic import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def run_command(args) -> int:
@@ -108,6 +133,19 @@ def run_command(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"--out {out} already exists; choose another path or add --overwrite")
+    check_answer_option(args)
+    partial = partial_path(out)
+    done = None
+    if args.resume:
+        if not partial.is_file():
+            raise ValueError(f"--resume: {partial} does not exist; there is no interrupted run of --out {out}")
+        try:
+            done = json.loads(partial.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"--resume: {partial} is not the JSON an interrupted run writes ({e})") from None
+    elif partial.exists():
+        raise FileExistsError(f"{partial} records an interrupted run of --out {out}: pass --resume to continue it, "
+                              "or delete it to start again")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be a positive integer, got {args.threads}")
     if args.num_eval is not None and args.num_eval < 1:
@@ -121,9 +159,10 @@ def run_command(args) -> int:
             ) from None
     toy = fixtures.ROOT / "toy-reasoner"
     model_dir = Path(args.model) if args.model else toy
-    eval_problems = load_problems(args.eval_problems or toy / "test.jsonl", limit=args.num_eval)
+    eval_problems = load_problems(args.eval_problems or toy / "test.jsonl", limit=args.num_eval,
+                                  problem_field=args.problem_field, answer_field=args.answer_field)
     calib_problems = calibration_slice(
-        read_problems(args.calibration_problems or toy / "train.jsonl"),
+        read_problems(args.calibration_problems or toy / "train.jsonl", problem_field=args.problem_field),
         args.calibration_start,
         args.calibration_count,
         eval_problems,
@@ -131,11 +170,7 @@ def run_command(args) -> int:
     corpus = read_corpus(args.corpus or fixtures.CORPUS)
     model = load_model(model_dir)  # ValueError naming the directory if it is not a loadable model
     tokenizer = load_tokenizer(model_dir)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            f"--model {model_dir}: its tokenizer has no chat template; Phase I (prompt, rac) and the "
-            "evaluation template every problem as a user turn with the generation prompt"
-        )
+    apply_template_options(tokenizer, args, model_dir)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model.to(device)
     threads = torch.get_num_threads()
@@ -153,6 +188,9 @@ def run_command(args) -> int:
         "num_eval": args.num_eval,
         "corpus": str(args.corpus or fixtures.CORPUS),
         "threads": torch.get_num_threads(),
+        "chat_template": ("raw text" if args.no_chat_template else args.chat_template or "the tokenizer's"),
+        "problem_field": args.problem_field,
+        "answer_field": args.answer_field,
     }
     try:
         results = run_experiment(
@@ -168,15 +206,21 @@ def run_command(args) -> int:
             window=args.window,
             seed=args.seed,
             temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
             impl=args.impl,
             device=device,
             eval_batch_size=args.eval_batch_size,
+            answer_regex=args.answer_regex,
             settings=settings,
             log=log,
+            done=done,
+            on_cell=lambda partial_results: write_json_atomically(partial, partial_results),
         )
     finally:
         torch.set_num_threads(threads)  # it may run inside another program (tests)
     write_outputs(results, out, overwrite=args.overwrite, plot=not args.no_plot)
+    partial.unlink(missing_ok=True)  # the run is complete: results.json holds everything it held
     if not args.quiet:
         print(markdown_tables(results))
     print(

@@ -21,6 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+from rac.cli.options import (
+    add_answer_option, add_field_options, add_template_options, apply_template_options, check_answer_option,
+    torch_threads,
+)
+
 #: Defaults with no --model: the bundled toy reasoner, 64 of its training problems for calibration,
 #: 100 of its held-out problems for the before/after evaluation.
 DEFAULT_CALIBRATION_PROMPTS = 64
@@ -51,6 +56,7 @@ def add_parser(sub) -> None:
                           "problem and/or prompt_ids, docs/traces.md); nothing is decoded. With rac the on-policy "
                           "claim is checked")
     src.add_argument("--corpus", help="text: a plain-text corpus (default: the bundled corpus)")
+    add_field_options(src)
     src.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
     cal = p.add_argument_group("Phase I: calibration")
     cal.add_argument("--calibration", default="rac", choices=MODES)
@@ -58,6 +64,7 @@ def add_parser(sub) -> None:
     cal.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     cal.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
     cal.add_argument("--top-p", type=float, default=1.0)
+    add_template_options(cal)
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--token-budget", type=int, default=None, help="total calibration tokens (the paper: 1M)")
     cal.add_argument("--window", type=int, default=None,
@@ -102,6 +109,7 @@ def add_parser(sub) -> None:
     )
     ev.add_argument("--eval-max-new-tokens", type=int, default=512, help="reply length limit (default 512)")
     ev.add_argument("--no-eval", action="store_true", help="skip the evaluation")
+    add_answer_option(ev)
     impl = p.add_argument_group("implementation")
     impl.add_argument(
         "--impl",
@@ -117,6 +125,7 @@ def add_parser(sub) -> None:
         choices=("float32", "bfloat16", "float16"),
         help="load the model in this dtype (default: as stored)",
     )
+    impl.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     impl.add_argument("--gen-batch-size", default="auto", help="fast Phase I: prompts decoded together (auto or N)")
     impl.add_argument("--checkpoint-dir", default=None, help="fast Phase II: save each block there and resume from it")
     impl.add_argument("--stream-weights", action="store_true",
@@ -131,15 +140,23 @@ def add_parser(sub) -> None:
     out.add_argument("--out", help="write the pruned model, tokenizer and report.json here")
     out.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
+    out.add_argument("--config", default=None, metavar="FILE",
+                     help="options from a TOML, YAML or JSON file (a report.json re-runs its job); the command "
+                          "line overrides them")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    with torch_threads(args.threads):
+        return _run(args)
+
+
+def _run(args) -> int:
     import torch
 
-    from rac import fixtures
     from rac.cli import faults
-    from rac.cli.data import align_traces, read_corpus, read_problems, read_trace_ids, read_traces
+    from rac.cli.commands.calibrate import calibration_inputs
+    from rac.cli.data import record_unknown_tokens
     from rac.cli.export import export_pruned, load_model, load_tokenizer
     from rac.reference.compress import check_compress_arguments
 
@@ -147,36 +164,12 @@ def run(args) -> int:
     bundled = args.model is None
     model_dir, out, checkpoint_dir = _preflight(args, bundled)
     world = _init_distributed(args)  # torchrun with several processes (DIST-*): rank 0 alone prints and writes
-    given = read_trace_ids(args.trace_ids) if args.trace_ids else None
-    if given is not None:  # the problems are those of the traces
-        problems = [{"id": r["id"], "problem": r["problem"] or ""} for r in given]
-    else:
-        problems = read_problems(
-            Path(args.prompts) if args.prompts else fixtures.TOY_TRAIN if bundled else fixtures.PROBLEMS
-        )
-    num_prompts = (
-        args.num_prompts if args.num_prompts is not None else (DEFAULT_CALIBRATION_PROMPTS if bundled else None)
-    )
-    if num_prompts is not None:
-        if num_prompts < 1:
-            raise ValueError(f"--num-prompts must be a positive integer, got {num_prompts}")
-        problems = problems[:num_prompts]
+    # the problems (or the trace-ids file's), --num-prompts, --traces / --trace-ids, --corpus: as rac calibrate
+    problems, extra, temperature = calibration_inputs(args, bundled)
+    given = extra.pop("_given", None)
     held_out = _eval_problems(args, bundled)
     if world is not None and not world.leader:
         held_out = []  # the pruned model is the same on every rank: rank 0 evaluates it
-    extra = {}
-    temperature = args.temperature
-    if given is not None:
-        extra["trace_ids"] = [r["trace"] for r in given[: len(problems)]]
-        temperature = float(given[0]["sampling"].get("temperature", 0.0))  # how the engine sampled them
-    elif args.calibration == "offpolicy":
-        if not args.traces:
-            raise ValueError("--traces FILE (text) or --trace-ids FILE (token ids) is required with "
-                             "--calibration offpolicy")
-        extra["traces"] = align_traces(problems, read_traces(args.traces))
-    if args.calibration == "text":
-        extra["corpus"] = read_corpus(Path(args.corpus) if args.corpus else fixtures.CORPUS)
-        extra["window"] = args.window if args.window is not None else DEFAULT_WINDOW
 
     bars = not args.quiet
     if not bars:
@@ -198,6 +191,8 @@ def run(args) -> int:
         # Phase I decodes and the evaluation generates on the chosen device: the whole model goes there
         model = load_model(model_dir, dtype=dtype, trust_remote_code=args.trust_remote_code, device=device)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=args.trust_remote_code)
+    own_template = apply_template_options(tokenizer, args, model_dir,  # CLI-5
+                                          needed=args.calibration != "text" or bool(held_out))
     prune_args = dict(
         method=args.method,
         sparsity=sparsity,
@@ -235,6 +230,7 @@ def run(args) -> int:
         **extra,
     )
     phase1 = time.perf_counter() - started
+    record_unknown_tokens(calib, tokenizer)  # CAL-15: warns when the tokenizer cannot write the text
     if given is not None:
         calib.meta["trace_file"] = str(args.trace_ids)
         calib.meta["trace_sampling"] = given[0]["sampling"]
@@ -246,10 +242,15 @@ def run(args) -> int:
             phase2_bar(done, total, detail)
         faults.reached(f"block:{done - 1}")
 
+    from rac.cli.config import rerunnable
+    from rac.cli.main import command_parser
+
     command = {
         "argv": sys.argv[1:],
         **{k: v for k, v in vars(args).items() if k != "func"},
         "model_dir": str(model_dir),  # where --model resolved (a Hugging Face id: its cached snapshot)
+        # CLI-7: every option, the model as resolved: `rac prune --config report.json --out DIR` re-runs the job
+        "config": rerunnable(args, command_parser("prune"), **_resolved_defaults(args, bundled, model_dir)),
     }
     if weights is not None:  # blocks are written as Phase II goes, into the export's temporary directory
         from rac.reference.contract.atomic import atomic_directory
@@ -260,6 +261,7 @@ def run(args) -> int:
                                      **phase2_extra)
             report["phase_seconds"] = {"calibration": phase1, "compression": time.perf_counter() - started}
             report["command"] = command
+            tokenizer.chat_template = own_template  # the export keeps the tokenizer as it was
             weights.finish(model, tokenizer)
             (tmp / REPORT_NAME).write_text(json.dumps(jsonable(report), indent=2) + "\n")
             print(summary_table(report))
@@ -276,6 +278,7 @@ def run(args) -> int:
         report["evaluation"] = {"dense": before, "pruned": after}
         print(evaluation_table(before, after))
     if out is not None and (world is None or world.leader):
+        tokenizer.chat_template = own_template  # the export keeps the tokenizer as it was
         export_pruned(model, tokenizer, out, report=report, overwrite=args.overwrite,
                       before_rename=lambda: faults.reached("export"))
         print(f"wrote {out} (safetensors, tokenizer, {out / 'report.json'})")
@@ -339,6 +342,7 @@ def _preflight(args, bundled: bool):
     from rac.cli.export import check_model_dir, check_tokenizer_files
 
     preflight.seed(args.seed)
+    check_answer_option(args)
     reference = args.impl == "reference"
     preflight.conflict(args.traces is not None and args.calibration != "offpolicy", "--traces",
                        f"--calibration {args.calibration}", "traces are read only by --calibration offpolicy")
@@ -391,6 +395,25 @@ def _preflight(args, bundled: bool):
     return model_dir, out, checkpoint_dir
 
 
+def _resolved_defaults(args, bundled: bool, model_dir) -> dict:
+    """The values the run used where an option was left to a default that depends on the model being the
+    bundled one (its problems, their counts): a re-run from the config names the model, so it must name
+    these too (CLI-7)."""
+    from rac import fixtures
+
+    out = {"model": str(model_dir)}
+    if args.trace_ids is None:
+        out["prompts"] = str(args.prompts or (fixtures.TOY_TRAIN if bundled else fixtures.PROBLEMS))
+        if args.num_prompts is None and bundled:
+            out["num_prompts"] = DEFAULT_CALIBRATION_PROMPTS
+    if not args.no_eval and bundled:
+        if args.eval_problems is None:
+            out["eval_problems"] = str(fixtures.TOY_TEST)
+        if args.num_eval is None:
+            out["num_eval"] = DEFAULT_EVAL_PROBLEMS
+    return out
+
+
 def _eval_problems(args, bundled: bool):
     """The held-out problems of the before/after evaluation, or None."""
     from rac import fixtures
@@ -398,7 +421,8 @@ def _eval_problems(args, bundled: bool):
 
     if args.no_eval or (args.eval_problems is None and not bundled):
         return None
-    problems = load_problems(args.eval_problems or fixtures.TOY_TEST)
+    problems = load_problems(args.eval_problems or fixtures.TOY_TEST, problem_field=args.problem_field,
+                             answer_field=args.answer_field)
     n = args.num_eval if args.num_eval is not None else (DEFAULT_EVAL_PROBLEMS if bundled else None)
     if n is not None:
         if n < 1:
@@ -418,6 +442,7 @@ def _evaluate(model, tokenizer, problems, args, what: str) -> dict:
         tokenizer,
         problems,
         max_new_tokens=args.eval_max_new_tokens,
+        answer_regex=args.answer_regex,
         progress=_bar(f"eval {what:<6}", "problems") if not args.quiet else None,
     )
     summary = result.summary()

@@ -268,3 +268,46 @@ def test_xp_6_a_failed_write_leaves_nothing(reduced_run, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         experiment_report.write_outputs(results, old, overwrite=True, plot=False)
     assert [p.name for p in tmp_path.iterdir()] == ["old"] and (old / "results.json").read_text() == "previous"
+
+
+@req("XP-7")
+def test_xp_7_an_interrupted_experiment_resumes_with_its_finished_cells(reduced_run, tmp_path, monkeypatch, capsys):
+    """XP-7: killed after its first cell, the run has written the dense row and that cell to OUT.partial.json;
+    --resume computes only the other cells and ends with the results an uninterrupted run gives (the
+    module's reduced run); every reply is kept with its text, and regrading the text gives its status."""
+    from rac.cli import experiment
+    from rac.cli.answers import extract_boxed, split_reply
+
+    _, full = reduced_run
+    out = tmp_path / "out"
+    real, calls = experiment.run_cell, []
+
+    def dies_on_the_second(*args, **kwargs):
+        calls.append(args[3])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C, or the job's time limit
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "run_cell", dies_on_the_second)
+    argv = REDUCED + ["--out", str(out), "--no-plot"]
+    assert rac_main(argv) == 130
+    assert "--resume" in capsys.readouterr().err  # the interrupted run says how to go on
+    partial = json.loads((tmp_path / "out.partial.json").read_text())
+    assert len(partial["cells"]) == 1 and partial["dense"]["acc"] == full["dense"]["acc"]
+    assert not out.exists()
+    assert rac_main(argv) == 2 and "--resume" in capsys.readouterr().err  # never overwritten silently
+    calls.clear()
+    monkeypatch.setattr(experiment, "run_cell", lambda *a, **k: (calls.append(a[3]), real(*a, **k))[1])
+    assert rac_main(argv + ["--resume"]) == 0
+    assert len(calls) == len(full["cells"]) - 1  # the finished cell was kept
+    results = json.loads((out / "results.json").read_text())
+    assert not (tmp_path / "out.partial.json").exists()
+    for mine, theirs in zip(results["cells"], full["cells"]):
+        assert {k: mine[k] for k in ("calibration", "acc", "se", "thinking_mean")} == \
+               {k: theirs[k] for k in ("calibration", "acc", "se", "thinking_mean")}
+    for cell in [results["dense"], *results["cells"]]:
+        for r in cell["records"]:
+            _, answer, closed = split_reply(r["text"], think_opened=True)
+            assert (extract_boxed(answer) if closed else None) == r["prediction"]
+    with pytest.raises(ValueError, match="token_budget"):  # a resume with other settings is refused by name
+        experiment.check_resumable(partial, dict(partial["settings"], token_budget=BUDGET + 1))
