@@ -88,9 +88,9 @@ def run(args) -> int:
 def _evaluate_and_report(args, model, tokenizer, problems, model_dir) -> int:
     from rac.cli.evaluate import evaluate
 
-    def progress(done, total):
-        if not args.quiet:
-            print(f"\r{done}/{total} generations", end="" if done < total else "\n", flush=True)
+    from rac.cli.progress import bar
+
+    progress = None if args.quiet else bar("rac eval", "replies")
 
     result = evaluate(model, tokenizer, problems, max_new_tokens=args.max_new_tokens, samples=args.samples,
                       temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,

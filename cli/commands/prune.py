@@ -526,16 +526,11 @@ def _number(text: str):
     return text
 
 
-def _bar(title: str, unit: str, width: int = 30):
-    """A progress callback drawing one line on stderr: title [####....] done/total unit, detail."""
+def _bar(title: str, unit: str):
+    """The commands' progress bar (``rac.cli.progress.bar``: tqdm, with the rate and the time left)."""
+    from rac.cli.progress import bar
 
-    def progress(done: int, total: int, detail: str = "") -> None:
-        filled = int(width * done / max(total, 1))
-        line = f"\r{title} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {unit}  {detail:<20}"
-        sys.stderr.write(line + ("\n" if done >= total else ""))
-        sys.stderr.flush()
-
-    return progress
+    return bar(title, unit)
 
 
 def summary_table(report: dict) -> str:

@@ -383,3 +383,28 @@ def test_cli_7_a_bad_config_is_named_before_the_work(tmp_path, capsys, text, nam
     err = capsys.readouterr().err
     assert str(config) in err and named in err, err
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- progress
+
+
+@req("CLI-8")
+def test_cli_8_progress_bars_say_the_rate_and_the_time_left(capsys):
+    """CLI-8: the commands' bar (Phase I, Phase II, rac eval) shows done/total, the rate in its unit and the
+    time left, and draws as the work goes, not once at the end."""
+    import io
+
+    from rac.cli.commands.prune import _bar
+
+    stream = io.StringIO()
+    from rac.cli.progress import bar
+
+    progress = bar("Phase I ", "prompts", file=stream, mininterval=0)  # every update drawn
+    progress(1, 4, "batch 1")
+    drawn_before_the_end = stream.getvalue()
+    for done in (2, 3, 4):
+        progress(done, 4)
+    text = stream.getvalue()
+    assert "1/4" in drawn_before_the_end and "batch 1" in drawn_before_the_end
+    assert "4/4" in text and "prompts/s" in text and re.search(r"\d\d:\d\d<\d\d:\d\d", text), text
+    assert callable(_bar("Phase II", "blocks"))  # rac prune's and rac calibrate's bars are this one
