@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from rac.reference.calibration_set import LABELS
-from rac.reference.compress import InputGroups, nonfinite_input_message, run_block
+from rac.reference.compress import InputGroups, calibration_weighted, nonfinite_input_message, run_block
 
 from .hessian import HessianAccumulator
 
@@ -32,28 +32,33 @@ class Chunk:
     ids: torch.Tensor  # [B, T]
     attention_mask: torch.Tensor  # [B, T], 1 = real token
     labels: torch.Tensor  # [B, T], index into LABELS, -1 = padding
+    weights: torch.Tensor | None = None  # [B, T] float64 w_t of each token in H (VAR-1); None: all 1
 
 
 def make_chunks(calibration, batch_size: int, chunk_tokens: int, pad_id: int) -> list:
     """Sequences in calibration order, at most ``batch_size`` per chunk and at most ``chunk_tokens``
     padded positions per chunk (a longer sequence gets a chunk of its own)."""
     chunks, current = [], []
+    weighted = calibration_weighted(calibration)
 
     def flush():
-        width = max(s.numel() for s, _ in current)
+        width = max(s.numel() for s, _, _ in current)
         ids = torch.full((len(current), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(current), width), dtype=torch.long)
         labels = torch.full((len(current), width), -1, dtype=torch.long)
-        for row, (s, lab) in enumerate(current):
+        weights = torch.zeros((len(current), width), dtype=torch.float64) if weighted else None
+        for row, (s, lab, i) in enumerate(current):
             ids[row, : s.numel()], mask[row, : s.numel()], labels[row, : s.numel()] = s, 1, lab
-        chunks.append(Chunk(ids, mask, labels))
+            if weighted:
+                weights[row, : s.numel()] = calibration.token_weights(i)
+        chunks.append(Chunk(ids, mask, labels, weights))
         current.clear()
 
-    for seq, lab in zip(calibration.sequences, calibration.labels):
-        width = max([seq.numel()] + [s.numel() for s, _ in current])
+    for i, (seq, lab) in enumerate(zip(calibration.sequences, calibration.labels)):
+        width = max([seq.numel()] + [s.numel() for s, _, _ in current])
         if current and (len(current) >= batch_size or width * (len(current) + 1) > chunk_tokens):
             flush()
-        current.append((seq, lab))
+        current.append((seq, lab, i))
     if current:
         flush()
     return chunks
@@ -121,6 +126,7 @@ class StreamedBlockHessians:
         self.tokens: dict = {}  # label code -> number of tokens
         self.acc: dict = {}  # (leader, label code) -> HessianAccumulator
         self._labels = None
+        self._weights = None
 
     @property
     def group_of(self) -> dict:
@@ -131,6 +137,10 @@ class StreamedBlockHessians:
         for code in range(len(LABELS)):
             self.tokens[code] = self.tokens.get(code, 0) + int((labels == code).sum())
         self._labels = labels.to(self.device)
+        self._weights = None if chunk.weights is None else chunk.weights.to(self.device)
+        if self._weights is not None and type(self).accumulate is not StreamedBlockHessians.accumulate:
+            # a subclass (the several-rank path's per-chunk terms) that would drop the weights
+            raise ValueError("a weighted calibration set (VAR-1) is not supported with several ranks; run one process")
         self.inputs.new_batch()
 
     def hook(self, name):
@@ -147,7 +157,11 @@ class StreamedBlockHessians:
                 continue
             if (leader, code) not in self.acc:
                 self.acc[leader, code] = HessianAccumulator(x.shape[-1], device=self.device)
-            self.acc[leader, code].add(x[self._labels == code])
+            rows = self._labels == code
+            if self._weights is None:
+                self.acc[leader, code].add(x[rows])
+            else:  # sum_t w_t x_t x_t^T (VAR-1); weight-0 tokens are dropped by the accumulator
+                self.acc[leader, code].add(x[rows], token_weights=self._weights[rows])
 
     def by_source(self, leader: str) -> dict:
         """{label: float32 H} of a group; FloatingPointError naming block and module if any is not finite."""

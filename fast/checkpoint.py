@@ -60,6 +60,10 @@ def fingerprint(model, calibration, args: dict, extra: dict | None = None, weigh
         calib.update(seq.numpy().tobytes())
         calib.update(b"|")
         calib.update(lab.numpy().tobytes())
+    if getattr(calibration, "weighted", False):  # token weights in H (VAR-1); an unweighted set keeps its digest
+        for i in range(len(calibration)):
+            calib.update(b"w")
+            calib.update(calibration.token_weights(i).numpy().tobytes())
     parts = {
         "arguments": json.dumps(args, sort_keys=True, default=str),
         "calibration": calib.hexdigest(),

@@ -32,12 +32,17 @@ class CalibrationSet:
     ``activations`` (optional, ``collect_calibration(capture=True)``): per sequence a
     tensor [num_blocks, seq_len, hidden], the input of every decoder block at every
     position as computed while the set was made.
+    ``weights`` (optional, VAR-1): per sequence a float64 tensor of the weight w_t >= 0 of every token
+    in H = sum_t w_t x_t x_t^T (``rac.reference.variants`` makes them); None means 1 for every token.
+    A token of weight 0 is still run through the model (it is context for the later tokens) but adds
+    nothing to H.
     """
 
     sequences: list
     labels: list
     meta: dict = field(default_factory=dict)
     activations: list | None = None
+    weights: list | None = None
 
     def __post_init__(self):
         if len(self.sequences) != len(self.labels):
@@ -63,6 +68,22 @@ class CalibrationSet:
                         f"sequence {i}: activations must be [num_blocks, {ids.numel()}, hidden], got {tuple(act.shape)}"
                     )
 
+        if self.weights is not None:
+            if len(self.weights) != len(self.sequences):
+                raise ValueError(
+                    f"weights must have one entry per sequence ({len(self.sequences)}), got {len(self.weights)}"
+                )
+            for i, (ids, w) in enumerate(zip(self.sequences, self.weights)):
+                if not isinstance(w, torch.Tensor) or w.shape != ids.shape or not w.is_floating_point():
+                    raise ValueError(f"weights: sequence {i} must have a float tensor of shape {tuple(ids.shape)}")
+                if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+                    raise ValueError(f"weights: sequence {i} has a weight that is negative or not finite")
+
+    @property
+    def weighted(self) -> bool:
+        """True when some token's weight in H is not 1 (Phase II then weights its rows, VAR-1)."""
+        return self.weights is not None and any(bool((w != 1).any()) for w in self.weights)
+
     def __len__(self) -> int:
         return len(self.sequences)
 
@@ -79,9 +100,11 @@ class CalibrationSet:
         return {"sequences": len(self), "tokens": self.num_tokens, **{label: self.count(label) for label in LABELS}}
 
     def token_weights(self, i: int) -> torch.Tensor:
-        """Weight of each token of sequence ``i`` in H: 1 for every token (Phase II sums x x^T over every
-        real token, whatever its source; the labels only split the report, P2-3). Padding is never a token
-        of the set, so it has no weight at all."""
+        """Weight of each token of sequence ``i`` in H: ``weights[i]`` (float64) when the set has weights
+        (VAR-1), else 1 for every token (Phase II sums x x^T over every real token, whatever its source; the
+        labels only split the report, P2-3). Padding is never a token of the set, so it has no weight at all."""
+        if self.weights is not None:
+            return self.weights[i].to(torch.float64)
         return torch.ones(self.sequences[i].numel(), dtype=torch.float64)
 
     def records(self) -> list:
@@ -123,17 +146,20 @@ class CalibrationSet:
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise ValueError(f"{path}: line 1 must be the header {{\"format\": \"{FORMAT}\", ...}} of a saved "
                              "calibration set")
-        sequences, labels = [], []
+        sequences, labels, weights = [], [], []
         for lineno, line in enumerate(lines[1:], start=2):
             try:
                 row = json.loads(line)
                 ids = torch.tensor(row["input_ids"], dtype=torch.long)
                 lab = torch.tensor([LABELS.index(name) for name in row["labels"]], dtype=torch.long)
+                weights.append(torch.tensor(row.get("token_weights", [1.0] * len(row["input_ids"])),
+                                            dtype=torch.float64))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{path}: line {lineno}: not a calibration sequence ({exc})") from None
             sequences.append(ids)
             labels.append(lab)
-        return cls(sequences, labels, meta=header.get("meta", {}))
+        weighted = any(bool((w != 1).any()) for w in weights)
+        return cls(sequences, labels, meta=header.get("meta", {}), weights=weights if weighted else None)
 
 
 def _jsonable(value):

@@ -111,6 +111,7 @@ class Batch:
     ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    weights: torch.Tensor | None = None  # float64 [B, T], each token's w_t in H (VAR-1); None: all 1
 
 
 def make_batches(calibration, batch_size: int, pad_id: int) -> list:
@@ -124,12 +125,20 @@ def make_batches(calibration, batch_size: int, pad_id: int) -> list:
         ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         labels = torch.full((len(seqs), width), -1, dtype=torch.long)  # -1: padding, no source
+        weights = torch.zeros((len(seqs), width), dtype=torch.float64) if calibration_weighted(calibration) else None
         for row, (s, lab) in enumerate(zip(seqs, labs)):
             ids[row, : s.numel()] = s
             mask[row, : s.numel()] = 1
             labels[row, : s.numel()] = lab
-        batches.append(Batch(ids, mask, labels))
+            if weights is not None:
+                weights[row, : s.numel()] = calibration.token_weights(start + row)
+        batches.append(Batch(ids, mask, labels, weights))
     return batches
+
+
+def calibration_weighted(calibration) -> bool:
+    """True when some token's weight in H is not 1 (a set from ``rac.reference.variants``, VAR-1)."""
+    return bool(getattr(calibration, "weighted", False))
 
 
 def capture_block_inputs(model, blocks, batch: Batch, last: int) -> list:
@@ -221,6 +230,7 @@ class BlockHessians:
         self.H: dict = {}  # leader -> {label code: float64 H}
         self.tokens: dict = {}  # label code -> number of tokens
         self._labels = None
+        self._weights = None
 
     @property
     def group_of(self) -> dict:
@@ -228,6 +238,7 @@ class BlockHessians:
 
     def set_batch(self, batch: Batch) -> None:
         self._labels = batch.labels.to("cpu")
+        self._weights = None if batch.weights is None else batch.weights.to("cpu", torch.float64)
         self.inputs.new_batch()
         for code in range(len(LABELS)):
             self.tokens[code] = self.tokens.get(code, 0) + int((self._labels == code).sum())
@@ -241,7 +252,8 @@ class BlockHessians:
         return fn
 
     def accumulate(self, leader: str, x: torch.Tensor) -> None:
-        """H_label += sum over the real (non-padding) tokens of that label of x_t x_t^T, in float64."""
+        """H_label += sum over the real (non-padding) tokens of that label of w_t x_t x_t^T (w_t = 1 unless the
+        set has weights, VAR-1), in float64."""
         x = x.detach().to("cpu", torch.float64)
         if not bool(torch.isfinite(x[self._labels >= 0]).all()):
             raise FloatingPointError(nonfinite_input_message(self.block_index, leader))
@@ -249,7 +261,11 @@ class BlockHessians:
         for code in range(len(LABELS)):
             X = x[self._labels == code]  # (tokens of that source, in)
             if X.shape[0]:
-                per_label[code] = per_label.get(code, 0) + X.T @ X
+                if self._weights is None:
+                    per_label[code] = per_label.get(code, 0) + X.T @ X
+                else:  # H_label = sum_t w_t x_t x_t^T (VAR-1)
+                    w = self._weights[self._labels == code]
+                    per_label[code] = per_label.get(code, 0) + (X * w.unsqueeze(1)).T @ X
 
     def hessians(self, name: str) -> dict:
         """{label: H} for the input of linear ``name`` (labels with no tokens omitted)."""
