@@ -257,8 +257,10 @@ def _run(args) -> int:
         from rac.cli.export import REPORT_NAME, jsonable
 
         with atomic_directory(out, overwrite=args.overwrite) as tmp:
+            faults.reached("phase2")
             model, report = compress(model, calib, progress=phase2_progress, stream=weights.into(tmp), **prune_args,
                                      **phase2_extra)
+            faults.reached("phase2-done")
             report["phase_seconds"] = {"calibration": phase1, "compression": time.perf_counter() - started}
             report["command"] = command
             tokenizer.chat_template = own_template  # the export keeps the tokenizer as it was
@@ -268,7 +270,9 @@ def _run(args) -> int:
             faults.reached("export")
         print(f"wrote {out} (safetensors shards, tokenizer, {out / REPORT_NAME})")
         return 0
+    faults.reached("phase2")
     model, report = compress(model, calib, progress=phase2_progress, **prune_args, **phase2_extra)
+    faults.reached("phase2-done")
     phase2 = time.perf_counter() - started
     report["phase_seconds"] = {"calibration": phase1, "compression": phase2}
     report["command"] = command

@@ -32,22 +32,30 @@ IMPORTS_ONLY = "import torch, transformers, safetensors; import rac.cli.main, ra
 FIELDS = ("VmRSS", "RssAnon", "RssFile")
 
 
-def peak_rss(cmd, env) -> dict:
+def peak_rss(cmd, env, marks: Path | None = None) -> dict:
     """Peak of each of FIELDS in bytes for a child process, sampled every 5 ms. RssAnon is the memory the
     process allocated; RssFile counts pages of files it maps (safetensors read through mmap), which the
-    kernel can drop under pressure: both are kept so neither hides the other."""
+    kernel can drop under pressure: both are kept so neither hides the other. With ``marks`` (the child's
+    RAC_MARKS file, rac.cli.faults) also Phase II's own: the memory when it starts, its peak, and the peak's
+    excess over the start ("phase2_*")."""
+    if marks is not None:
+        env = dict(env, RAC_MARKS=str(marks))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = dict.fromkeys(FIELDS, 0)
+    samples = []
 
     def sample():
         status = Path(f"/proc/{proc.pid}/status")
         while proc.poll() is None:
             try:
+                now, row = time.time(), {}
                 for line in status.read_text().splitlines():
                     field = line.split(":")[0]
                     if field in peak:
-                        peak[field] = max(peak[field], int(line.split()[1]) * 1024)
-            except OSError:
+                        row[field] = int(line.split()[1]) * 1024
+                        peak[field] = max(peak[field], row[field])
+                samples.append((now, row))
+            except (OSError, ValueError, IndexError):
                 pass
             time.sleep(0.005)
 
@@ -57,6 +65,16 @@ def peak_rss(cmd, env) -> dict:
     thread.join()
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed: {err[-2000:]}")
+    if marks is not None and marks.is_file():
+        times = dict(reversed(line.split()) for line in marks.read_text().splitlines() if line.strip())
+        start, end = float(times["phase2"]), float(times["phase2-done"])
+        inside = [row for t, row in samples if start <= t <= end and len(row) == len(FIELDS)]
+        before = [row for t, row in samples if t < start and len(row) == len(FIELDS)]
+        if inside and before:
+            for f in FIELDS:
+                peak[f"phase2_start_{f}"] = before[-1][f]
+                peak[f"phase2_peak_{f}"] = max(row[f] for row in inside)
+                peak[f"phase2_excess_{f}"] = peak[f"phase2_peak_{f}"] - before[-1][f]
     return peak
 
 
@@ -84,7 +102,7 @@ def measure(model: Path, work: Path, prompts: int) -> dict:
     runs = {"imports": peak_rss([sys.executable, "-c", IMPORTS_ONLY], env)}
     for name, extra in (("whole", []), ("streamed", ["--stream-weights"])):
         out = work / f"{model.name}-{name}"
-        runs[name] = peak_rss([*common, *extra, "--out", str(out)], env)
+        runs[name] = peak_rss([*common, *extra, "--out", str(out)], env, marks=work / f"{model.name}-{name}.marks")
         report = json.loads((out / "report.json").read_text())
     config = json.loads((model / "config.json").read_text())
     tokens = report["calibration"]["tokens"]
@@ -94,6 +112,8 @@ def measure(model: Path, work: Path, prompts: int) -> dict:
         "calibration_store_bytes": tokens * config["hidden_size"] * 4, "peak_rss_bytes": runs,
         "excess_over_imports_bytes": {k: {f: v[f] - runs["imports"][f] for f in FIELDS}
                                       for k, v in runs.items() if k != "imports"},
+        "phase2_excess_over_its_start_bytes": {k: {f: v.get(f"phase2_excess_{f}") for f in FIELDS}
+                                               for k, v in runs.items() if k != "imports"},
     }
 
 
@@ -122,6 +142,10 @@ def main(argv=None) -> int:
                   f"store {r['calibration_store_bytes'] / mb:.2f} MB; "
                   f"peak RSS of imports {r['peak_rss_bytes']['imports']['VmRSS'] / mb:.0f} MB; over it: " + ", ".join(
                       f"{run} " + " ".join(f"{f} +{excess[run][f] / mb:.0f}" for f in FIELDS) for run in excess))
+            own = r["phase2_excess_over_its_start_bytes"]
+            print("  Phase II's peak over its start: " + ", ".join(
+                f"{run} RssAnon +{own[run]['RssAnon'] / mb:.1f} MB, VmRSS +{own[run]['VmRSS'] / mb:.1f} MB"
+                for run in own if own[run]["RssAnon"] is not None))
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "commit": commit + ("+uncommitted changes" if dirty else ""),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", "threads": 1,
