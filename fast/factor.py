@@ -84,34 +84,41 @@ def left_panel_factor(H: torch.Tensor, dampening: float, on_failure: str, bounds
     (Cholesky) + sum_A (B-A)^3/3 + 2 A (B-A)^2 ~ panel * n^2: the n^3/3 of the full triangular
     inverse is never spent. Returns (F, dampening used).
     """
-    def factor(H_damped):
-        R = reversed_cholesky(H_damped)
-        if R is None:
+    n = H.shape[0]
+
+    def factor(H_damped_reversed):
+        # J H_d J = L L^T, so R = J L J: R's block [i0:i1, j0:j1] is L[n-i1:n-i0, n-j1:n-j0] flipped both ways.
+        # L is read in place (no flipped copy of the n x n factor: measured in docs/benchmarks.md).
+        L, info = torch.linalg.cholesky_ex(H_damped_reversed)
+        if int(info) != 0:
             return None
-        n = R.shape[0]
-        F = torch.zeros(n, n, dtype=out_dtype, device=R.device)
+        F = torch.zeros(n, n, dtype=out_dtype, device=L.device)
         for A, B in bounds:
-            eye = torch.eye(B - A, dtype=R.dtype, device=R.device)
-            U_AB = torch.linalg.solve_triangular(R[A:B, A:B], eye, upper=True)
+            a, b = n - B, n - A  # the panel's columns in L's (reversed) order
+            eye = torch.eye(B - A, dtype=L.dtype, device=L.device)
+            U_AB = torch.linalg.solve_triangular(L[a:b, a:b].flip(0, 1), eye, upper=True)
             F[A:B, A:B] = U_AB
-            if A:
-                F[:A, A:B] = R[:A, A:B] @ U_AB
+            if A:  # R[:A, A:B] U_AB = (J L[b:, a:b] J) U_AB = J (L[b:, a:b] (J U_AB))
+                F[:A, A:B] = (L[b:, a:b] @ U_AB.flip(0)).flip(0)
         if not bool(torch.isfinite(F).all()):
             return None
         return F
 
-    return _with_recovery(H, dampening, on_failure, factor)
+    return _with_recovery(H, dampening, on_failure, factor, reverse=True)
 
 
-def _with_recovery(H: torch.Tensor, dampening: float, on_failure: str, factor):
-    """SGPT-8's loop around ``factor`` (H_damped in FACTOR_DTYPE -> result, or None when not PD)."""
-    H64 = H.to(FACTOR_DTYPE)
+def _with_recovery(H: torch.Tensor, dampening: float, on_failure: str, factor, reverse: bool = False):
+    """SGPT-8's loop around ``factor`` (H_damped in FACTOR_DTYPE -> result, or None when not PD).
+
+    reverse: hand ``factor`` J H_d J (rows and columns reversed), made in one pass from H on every try
+    instead of a float64 copy of H, a clone per try and a flipped copy."""
+    H64 = None if reverse else H.to(FACTOR_DTYPE)
     tried = []
     damp = dampening
     while True:
         tried.append(damp)
-        H_damped = H64.clone()
-        H_damped.diagonal().add_(damping(H64, damp))
+        H_damped = H.flip(0, 1).to(FACTOR_DTYPE) if reverse else H64.clone()  # flip copies: H is never written
+        H_damped.diagonal().add_(damping(H, damp))  # J H J has H's diagonal, reversed: the same mean
         result = factor(H_damped)
         if result is not None:
             return result, damp
