@@ -38,6 +38,7 @@ import torch
 
 from rac.reference.calibration import check_calibration_options, corpus_windows, template_prompt
 from rac.reference.calibration_set import LABELS
+from rac.reference.variants import VARIANTS, decode_only, regenerate, select_traces, stream_normalised
 from rac.reference.contract import registry
 from rac.reference.contract.patterns import parse_pattern
 from rac.reference.contract.values import check_sparsity
@@ -45,8 +46,12 @@ from rac.cli.data import record_unknown_tokens
 from rac.cli.evaluate import evaluate
 from rac.cli.export import jsonable
 
-#: The calibration columns of Tables 1-3 and 9 (``offpolicy`` is Table 7's, not part of this grid).
-CALIBRATIONS = ("text", "prompt", "rac")
+#: The calibration columns of Tables 1-3 and 9 (``offpolicy`` is Table 7's, not part of this grid), then the
+#: variants that followed RAC (VAR-6, ``rac.reference.variants``).
+CALIBRATIONS = ("text", "prompt", "rac") + VARIANTS
+
+#: select_* choose from the rac traces of the first prompts, decoded up to this many times the budget (VAR-4).
+SELECT_POOL = 4
 IMPLEMENTATIONS = ("fast", "reference")
 
 
@@ -131,7 +136,7 @@ def check_budget(tokenizer, calibrations, problems, corpus, token_budget: int, w
         if available < token_budget:
             raise ValueError(f"token_budget={token_budget} exceeds the text corpus ({available} tokens in windows of "
                              f"{window}); lower --token-budget or give a longer --corpus")
-    if "prompt" in calibrations or "rac" in calibrations:
+    if any(c not in ("text",) for c in calibrations):  # prompt, rac and every variant (VAR-6) use the prompts
         total = 0
         for p in problems:
             total += template_prompt(tokenizer, p["problem"]).numel()
@@ -157,25 +162,53 @@ def implementation(impl: str, device: str):
     return collect_calibration, compress, {"batch_size": "auto"}, {"device": device}
 
 
+def close_ids(tokenizer) -> list:
+    """The token ids of ``</think>`` (VAR-4's closed-trace test)."""
+    ids = tokenizer.encode("</think>", add_special_tokens=False)
+    if not ids:
+        raise ValueError("the tokenizer encodes '</think>' as no tokens; select_* calibrations need it")
+    return list(ids)
+
+
 def make_calibrations(model, tokenizer, problems, corpus, calibrations, *, collect, collect_extra, token_budget,
-                      trace_max_new_tokens, window, seed, temperature, top_k=0, top_p=1.0, log=print) -> dict:
-    """One calibration set per mode, each of exactly ``token_budget`` tokens: {mode: (CalibrationSet, seconds)}."""
+                      trace_max_new_tokens, window, seed, temperature, top_k=0, top_p=1.0, stream_weights=None,
+                      log=print) -> dict:
+    """One calibration set per mode, each of exactly ``token_budget`` tokens: {mode: (CalibrationSet, seconds)}.
+    ``regen`` has none here (its sets are made per cell, VAR-5); ``decode_only`` and ``stream_norm`` weight the
+    rac set (VAR-2, VAR-3); ``select_*`` choose from the rac traces of every prompt (VAR-4)."""
     prompts = [p["problem"] for p in problems]
-    out = {}
+    out, made = {}, {}
+    options = dict(max_new_tokens=trace_max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+
+    def rac(budget):  # the rac set (budget) or the pool of every prompt's trace (None), made once, with its time
+        if budget not in made:
+            started = time.perf_counter()
+            calib = collect(model, tokenizer, prompts, mode="rac", token_budget=budget, **options, **collect_extra)
+            made[budget] = (calib, time.perf_counter() - started)
+        return made[budget]
+
     for mode in calibrations:
+        if mode == "regen":
+            continue
         started = time.perf_counter()
-        extra = dict(collect_extra) if mode == "rac" else {}
-        if mode == "text":
-            extra.update(corpus=corpus, window=window)
-        calib = collect(model, tokenizer, prompts, mode=mode, max_new_tokens=trace_max_new_tokens,
-                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, token_budget=token_budget,
-                        **extra)
-        seconds = time.perf_counter() - started
+        if mode in ("rac", "decode_only", "stream_norm"):
+            base, base_s = rac(token_budget)
+            calib = {"rac": lambda c: c, "decode_only": decode_only,
+                     "stream_norm": lambda c: stream_normalised(c, stream_weights)}[mode](base)
+        elif mode in ("select_short", "select_long"):
+            base, base_s = rac(SELECT_POOL * token_budget)
+            calib = select_traces(base, token_budget, close_ids(tokenizer),
+                                  rule="shortest" if mode == "select_short" else "longest")
+        else:
+            base_s = 0.0
+            extra = dict(corpus=corpus, window=window) if mode == "text" else {}
+            calib = collect(model, tokenizer, prompts, mode=mode, token_budget=token_budget, **options, **extra)
+        seconds = time.perf_counter() - started + (base_s if mode != "rac" else 0.0)
         record_unknown_tokens(calib, tokenizer)  # CAL-15
         if calib.num_tokens != token_budget:  # short of the budget: the comparison would not be at equal tokens
             raise ValueError(f"calibration {mode!r} has {calib.num_tokens} tokens, not token_budget={token_budget}")
         out[mode] = (calib, seconds)
-        log(f"calibration {mode:<6} {calib.num_tokens} tokens in {len(calib)} sequences "
+        log(f"calibration {mode:<12} {calib.num_tokens} tokens in {len(calib)} sequences "
             f"({', '.join(f'{k} {v}' for k, v in calib.summary().items() if k in LABELS and v)}), {seconds:.1f} s")
     return out
 
@@ -245,6 +278,32 @@ def run_cell(dense, tokenizer, calib, cell: Cell, eval_problems, *, compress, co
     return record
 
 
+def regen_schedule(cell: Cell) -> list:
+    """VAR-5's schedule in the experiment: one halfway unstructured step, then the cell's own setting."""
+    if cell.pattern == "unstructured":
+        return [("unstructured", cell.sparsity / 2), ("unstructured", cell.sparsity)]
+    return [("unstructured", cell.nominal_sparsity / 2), (cell.pattern, None)]
+
+
+def run_regen_cell(dense, tokenizer, prompts, cell: Cell, eval_problems, *, collect, collect_kwargs, compress,
+                   compress_extra, max_new_tokens, eval_batch_size, answer_regex=None) -> dict:
+    """A ``regen`` cell (VAR-5): Phase I and II at each step of ``regen_schedule`` on a fresh copy of ``dense``."""
+    model = copy.deepcopy(dense)
+    started = time.perf_counter()
+    model, reports, sets = regenerate(model, tokenizer, prompts, regen_schedule(cell), method=cell.method,
+                                      collect=collect, compress=compress, collect_kwargs=collect_kwargs,
+                                      compress_kwargs=compress_extra)
+    record = {"calibration": cell.calibration, "method": cell.method, "pattern": cell.pattern,
+              "sparsity": cell.sparsity, "nominal_sparsity": cell.nominal_sparsity, "setting": cell.setting,
+              "prune_s": time.perf_counter() - started, "objective": objective_summary(reports[-1]),
+              "regen_steps": [{"schedule_step": list(step), **calib.summary(),
+                               "trace_stops": calib.meta.get("trace_stops")}
+                              for step, calib in zip(regen_schedule(cell), sets)]}
+    record.update(evaluation_record(model, tokenizer, eval_problems, max_new_tokens=max_new_tokens,
+                                    batch_size=eval_batch_size, answer_regex=answer_regex))
+    return record
+
+
 # --------------------------------------------------------------------------- the whole grid
 
 
@@ -280,7 +339,7 @@ def environment(root: Path | None = None) -> dict:
 def run_experiment(model, tokenizer, *, calibration_problems, eval_problems, corpus, cells, token_budget,
                    max_new_tokens, trace_max_new_tokens=256, window=128, seed=0, temperature=0.0, top_k=0,
                    top_p=1.0, impl="fast", device="cpu", eval_batch_size=32, answer_regex=None, settings=None,
-                   log=print, done=None, on_cell=None) -> dict:
+                   log=print, done=None, on_cell=None, stream_weights=None) -> dict:
     """Run the grid ``cells`` (``check_grid``) on ``model`` (left dense) and return the results dict.
 
     calibration_problems: dicts with "problem" (``calibration_slice``); eval_problems: dicts with
@@ -306,6 +365,7 @@ def run_experiment(model, tokenizer, *, calibration_problems, eval_problems, cor
                                 trace_max_new_tokens=trace_max_new_tokens, window=window, seed=seed,
                                 temperature=temperature, top_k=top_k, top_p=top_p, impl=impl, device=str(device),
                                 eval_batch_size=eval_batch_size, answer_regex=answer_regex,
+                                **({"stream_weights": stream_weights} if stream_weights else {}),
                                 calibration_problems_used=len(calibration_problems),
                                 eval_problems_used=len(eval_problems)),
                "environment": environment()}
@@ -326,7 +386,8 @@ def run_experiment(model, tokenizer, *, calibration_problems, eval_problems, cor
     sets = make_calibrations(model, tokenizer, calibration_problems, corpus, calibrations, collect=collect,
                              collect_extra=collect_extra, token_budget=token_budget,
                              trace_max_new_tokens=trace_max_new_tokens, window=window, seed=seed,
-                             temperature=temperature, top_k=top_k, top_p=top_p, log=log)
+                             temperature=temperature, top_k=top_k, top_p=top_p, stream_weights=stream_weights,
+                             log=log)
     results["calibration"] = {
         mode: {**calib.summary(), "seconds": seconds,
                "trace_stops": calib.meta.get("trace_stops"), "meta": _plain(calib.meta)}
@@ -339,9 +400,17 @@ def run_experiment(model, tokenizer, *, calibration_problems, eval_problems, cor
             results["cells"].append(finished[key])
             log(f"[{i}/{len(cells)}] {cell.method} {cell.setting} {cell.calibration}: kept from the interrupted run")
             continue
-        rec = run_cell(model, tokenizer, sets[cell.calibration][0], cell, eval_problems, compress=compress,
-                       compress_extra=compress_extra, max_new_tokens=max_new_tokens, eval_batch_size=eval_batch_size,
-                       answer_regex=answer_regex)
+        if cell.calibration == "regen":
+            rec = run_regen_cell(
+                model, tokenizer, [p["problem"] for p in calibration_problems], cell, eval_problems,
+                collect=collect, compress=compress, compress_extra=compress_extra, max_new_tokens=max_new_tokens,
+                eval_batch_size=eval_batch_size, answer_regex=answer_regex,
+                collect_kwargs=dict(max_new_tokens=trace_max_new_tokens, temperature=temperature, top_k=top_k,
+                                    top_p=top_p, seed=seed, token_budget=token_budget, **collect_extra))
+        else:
+            rec = run_cell(model, tokenizer, sets[cell.calibration][0], cell, eval_problems, compress=compress,
+                           compress_extra=compress_extra, max_new_tokens=max_new_tokens,
+                           eval_batch_size=eval_batch_size, answer_regex=answer_regex)
         results["cells"].append(_plain(rec))
         if on_cell is not None:
             on_cell(_plain(results))

@@ -17,11 +17,30 @@ import json
 import sys
 from pathlib import Path
 
+from rac.reference.calibration_set import LABELS
 from rac.cli.options import (
     add_answer_option, add_field_options, add_template_options, apply_template_options, check_answer_option,
 )
 
 DEFAULT_SPARSITIES = "0.3,0.4,0.5,0.6,0.7"
+
+
+def stream_weights_arg(text):
+    """--stream-weights prompt=1,decode=2 -> {"prompt": 1.0, "decode": 2.0}; None stays None."""
+    if text is None:
+        return None
+    out = {}
+    for item in _items(text, "--stream-weights"):
+        label, sep, value = item.partition("=")
+        try:
+            out[label.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--stream-weights takes SOURCE=WEIGHT items such as prompt=1,decode=2, got {item!r}")
+        if label.strip() not in LABELS:
+            raise ValueError(f"--stream-weights: unknown source {label.strip()!r}; the sources are {list(LABELS)}")
+    return out
 
 
 def _items(text: str, name: str) -> list:
@@ -68,7 +87,11 @@ def add_parser(sub) -> None:
     data.add_argument("--num-eval", type=int, default=None, help="evaluate on the first N (default: all)")
     data.add_argument("--corpus", default=None, help="text mode corpus (default: the fixtures corpus)")
     grid = p.add_argument_group("the grid")
-    grid.add_argument("--calibrations", default="text,prompt,rac", help="comma-separated: text, prompt, rac")
+    grid.add_argument("--calibrations", default="text,prompt,rac",
+                      help="comma-separated: text, prompt, rac, and the variants after RAC (spec VAR-6): "
+                           "decode_only, stream_norm, select_short, select_long, regen")
+    grid.add_argument("--stream-weights", default=None, metavar="SOURCE=W,...",
+                      help="stream_norm's weight per token source, e.g. prompt=1,decode=2 (default: 1 each, VAR-3)")
     grid.add_argument(
         "--methods", default="sparsegpt,wanda,alps", help="comma-separated: magnitude, wanda, sparsegpt, alps"
     )
@@ -155,7 +178,8 @@ def run_command(args) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ValueError(
-                "results.png needs matplotlib (pip install matplotlib, or the 'test' extra); or pass --no-plot"
+                "results.png needs matplotlib (a dependency of rac-spec that is missing here: "
+                "pip install matplotlib); or pass --no-plot"
             ) from None
     toy = fixtures.ROOT / "toy-reasoner"
     model_dir = Path(args.model) if args.model else toy
@@ -203,6 +227,7 @@ def run_command(args) -> int:
             token_budget=args.token_budget,
             max_new_tokens=args.max_new_tokens,
             trace_max_new_tokens=args.trace_max_new_tokens,
+            stream_weights=stream_weights_arg(args.stream_weights),
             window=args.window,
             seed=args.seed,
             temperature=args.temperature,

@@ -207,3 +207,41 @@ def test_var_5_regeneration_with_nothing_pruned_first_is_rac(impl):
     with pytest.raises(ValueError, match="schedule"):
         regenerate(fresh(NAME), tokenizer(NAME), prompts, [("unstructured", 0.5), ("unstructured", 0.25)],
                    method="sparsegpt")
+
+
+# --------------------------------------------------------------------------- VAR-6
+
+
+@req("VAR-6")
+def test_var_6_experiment_runs_the_variants_at_the_same_budget(tmp_path):
+    """VAR-6: ``rac experiment`` runs every variant as a column, each set at exactly the token budget
+    (regen: each step's), decode_only/stream_norm on rac's very tokens, select_short on closed traces."""
+    import json
+
+    from rac.cli.main import main as rac_main
+
+    budget = 256
+    out = tmp_path / "out"
+    code = rac_main(["experiment", "--methods", "wanda", "--sparsities", "0.5", "--patterns", "none",
+                     "--token-budget", str(budget), "--num-eval", "2", "--max-new-tokens", "160",
+                     "--calibrations", "rac,decode_only,stream_norm,select_short,select_long,regen",
+                     "--stream-weights", "prompt=1,decode=1", "--threads", "1", "--quiet", "--no-plot",
+                     "--out", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    cal = results["calibration"]
+    assert sorted(cal) == ["decode_only", "rac", "select_long", "select_short", "stream_norm"]
+    for mode, summary in cal.items():
+        assert summary["tokens"] == budget, mode
+    assert cal["decode_only"]["prompt"] == cal["rac"]["prompt"] and cal["decode_only"]["meta"]["variant"]
+    assert cal["select_short"]["meta"]["selection_rule"] == "shortest"
+    assert cal["select_short"]["sequences"] >= cal["select_long"]["sequences"]  # shorter traces: at least as many
+    cells = {c["calibration"]: c for c in results["cells"]}
+    assert set(cells) == set(cal) | {"regen"}
+    steps = cells["regen"]["regen_steps"]
+    assert [s["schedule_step"] for s in steps] == [["unstructured", 0.25], ["unstructured", 0.5]]
+    assert all(s["tokens"] == budget for s in steps)
+    with pytest.raises(ValueError, match="stream-weights"):
+        from rac.cli.commands.experiment import stream_weights_arg
+
+        stream_weights_arg("prompt=1,speech=2")
