@@ -25,21 +25,21 @@ from rac.cli.options import (
 DEFAULT_SPARSITIES = "0.3,0.4,0.5,0.6,0.7"
 
 
-def stream_weights_arg(text):
-    """--stream-weights prompt=1,decode=2 -> {"prompt": 1.0, "decode": 2.0}; None stays None."""
+def source_weights_arg(text):
+    """--source-weights prompt=1,decode=2 -> {"prompt": 1.0, "decode": 2.0}; None stays None."""
     if text is None:
         return None
     out = {}
-    for item in _items(text, "--stream-weights"):
+    for item in _items(text, "--source-weights"):
         label, sep, value = item.partition("=")
         try:
             out[label.strip()] = float(value)
         except ValueError:
             sep = ""
         if not sep:
-            raise ValueError(f"--stream-weights takes SOURCE=WEIGHT items such as prompt=1,decode=2, got {item!r}")
+            raise ValueError(f"--source-weights takes SOURCE=WEIGHT items such as prompt=1,decode=2, got {item!r}")
         if label.strip() not in LABELS:
-            raise ValueError(f"--stream-weights: unknown source {label.strip()!r}; the sources are {list(LABELS)}")
+            raise ValueError(f"--source-weights: unknown source {label.strip()!r}; the sources are {list(LABELS)}")
     return out
 
 
@@ -90,7 +90,7 @@ def add_parser(sub) -> None:
     grid.add_argument("--calibrations", default="text,prompt,rac",
                       help="comma-separated: text, prompt, rac, and the variants after RAC (spec VAR-6): "
                            "decode_only, stream_norm, select_short, select_long, regen")
-    grid.add_argument("--stream-weights", default=None, metavar="SOURCE=W,...",
+    grid.add_argument("--source-weights", default=None, metavar="SOURCE=W,...",
                       help="stream_norm's weight per token source, e.g. prompt=1,decode=2 (default: 1 each, VAR-3)")
     grid.add_argument(
         "--methods", default="sparsegpt,wanda,alps", help="comma-separated: magnitude, wanda, sparsegpt, alps"
@@ -227,7 +227,7 @@ def run_command(args) -> int:
             token_budget=args.token_budget,
             max_new_tokens=args.max_new_tokens,
             trace_max_new_tokens=args.trace_max_new_tokens,
-            stream_weights=stream_weights_arg(args.stream_weights),
+            stream_weights=source_weights_arg(args.source_weights),
             window=args.window,
             seed=args.seed,
             temperature=args.temperature,

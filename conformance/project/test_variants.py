@@ -225,7 +225,7 @@ def test_var_6_experiment_runs_the_variants_at_the_same_budget(tmp_path):
     code = rac_main(["experiment", "--methods", "wanda", "--sparsities", "0.5", "--patterns", "none",
                      "--token-budget", str(budget), "--num-eval", "2", "--max-new-tokens", "160",
                      "--calibrations", "rac,decode_only,stream_norm,select_short,select_long,regen",
-                     "--stream-weights", "prompt=1,decode=1", "--threads", "1", "--quiet", "--no-plot",
+                     "--source-weights", "prompt=1,decode=1", "--threads", "1", "--quiet", "--no-plot",
                      "--out", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
@@ -241,7 +241,7 @@ def test_var_6_experiment_runs_the_variants_at_the_same_budget(tmp_path):
     steps = cells["regen"]["regen_steps"]
     assert [s["schedule_step"] for s in steps] == [["unstructured", 0.25], ["unstructured", 0.5]]
     assert all(s["tokens"] == budget for s in steps)
-    with pytest.raises(ValueError, match="stream-weights"):
-        from rac.cli.commands.experiment import stream_weights_arg
+    with pytest.raises(ValueError, match="source-weights"):
+        from rac.cli.commands.experiment import source_weights_arg
 
-        stream_weights_arg("prompt=1,speech=2")
+        source_weights_arg("prompt=1,speech=2")
