@@ -180,8 +180,9 @@ def _run(args) -> int:
     torch.manual_seed(args.seed)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     if args.stream_weights:  # the front in memory, every block read from the files when Phase II reaches it
-        from rac.fast.streamed import StreamedWeights
+        from rac.fast.streamed import StreamedWeights, return_freed_memory
 
+        return_freed_memory()  # a process that streams weights is one that is short of memory
         weights = StreamedWeights(model_dir, dtype=dtype)
         model = weights.skeleton(trust_remote_code=args.trust_remote_code)
         phase1_extra["check_policy"] = False
