@@ -11,6 +11,8 @@ CI installs a CPU build of torch by exporting PIP_CONSTRAINT=.ci/constraints-cpu
 without it pip picks the torch wheel it would pick for you (CUDA on a GPU machine).
 """
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["lint", "plain", "conformance", "selftest"]
@@ -114,6 +116,24 @@ def conformance_llmcompressor(session):
     # rac calibrate command itself (it needs datasets, which llm-compressor brings)
     session.run("pytest", "conformance/project/test_calibrate_llmcompressor.py",
                 "conformance/project/test_calibrate.py", "-q", "-p", "no:cacheprovider")
+
+
+@nox.session
+def minimums(session):
+    """The declared minimum versions (.ci/constraints-minimum.txt; setuptools at the build floor) and the CLI
+    smoke tests: every command starts, rac prune and rac eval run on the bundled model, the CLI and
+    practitioner tests pass. Not a default session (it downloads the old releases)."""
+    session.env["PIP_CONSTRAINT"] = str(Path(".ci/constraints-minimum.txt").resolve())
+    session.install("torch==2.13.0", "setuptools==77.0.3", "wheel")
+    session.install("--no-build-isolation", ".[test]")
+    session.run("python", "-c", "import transformers, numpy, scipy, tokenizers, safetensors; print('minimums:', "
+                "transformers.__version__, numpy.__version__, scipy.__version__, tokenizers.__version__, "
+                "safetensors.__version__)")
+    for command in ("prune", "calibrate", "eval", "experiment", "diagnose", "layer"):
+        session.run("rac", command, "--help", silent=True)
+    # the bundled default run (CLI-4) decodes 64 prompts and 100 replies: minutes on a loaded CPU
+    session.run("pytest", "conformance/project/test_cli.py", "conformance/project/test_practitioner.py", "-q",
+                "-p", "no:cacheprovider", "--test-timeout=1800", *session.posargs)
 
 
 @nox.session

@@ -137,11 +137,12 @@ def load_model(path, *, dtype=None, device=None, trust_remote_code: bool = False
 
     path = check_model_dir(path, trust_remote_code=trust_remote_code)
     kwargs = {"use_safetensors": True, "trust_remote_code": bool(trust_remote_code)}
-    if dtype is not None:
-        import transformers
+    import transformers
 
-        # transformers 5 calls it dtype; 4.x torch_dtype
-        kwargs["dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"] = dtype
+    # transformers 5 calls it dtype and loads the stored dtype by default; 4.x calls it torch_dtype and
+    # loads float32 unless asked for "auto" (found by nox -s minimums: rac eval evaluated bf16 as float32)
+    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    kwargs[key] = dtype if dtype is not None else "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as exc:

@@ -79,7 +79,8 @@ def _check_outputs(args) -> list:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise ValueError("--png needs matplotlib (pip install matplotlib, or the 'test' extra)") from None
+            raise ValueError("--png needs matplotlib (a dependency of rac-spec that is missing here: "
+                             "pip install matplotlib)") from None
     for name, value in (("--num-problems", args.num_problems), ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value}")

@@ -181,11 +181,12 @@ def test_cli_5_chat_template_file(untemplated, tmp_path, capsys):
     """CLI-5: --chat-template FILE is the template Phase I uses; a missing file is named."""
     template = tmp_path / "t.jinja"
     template.write_text("{% for m in messages %}Q: {{ m['content'] }}\nA:{% endfor %}")
-    calib = ["calibrate", "--model", str(untemplated), "--calibration", "prompt", "--num-prompts", "2",
+    prune = ["prune", "--model", str(untemplated), "--calibration", "prompt", "--num-prompts", "2", "--no-eval",
              "--device", "cpu", "--quiet"]
-    assert main([*calib, "--chat-template", str(tmp_path / "missing.jinja"), "--out", str(tmp_path / "c0")]) == 2
-    assert "--chat-template" in capsys.readouterr().err
-    pytest.importorskip("datasets")
+    assert main([*prune, "--chat-template", str(tmp_path / "missing.jinja"), "--out", str(tmp_path / "c0")]) == 2
+    assert "--chat-template" in capsys.readouterr().err and not (tmp_path / "c0").exists()
+    calib = ["calibrate", *prune[1:-4], "--device", "cpu", "--quiet"]
+    pytest.importorskip("datasets")  # rac calibrate writes a datasets dataset
     assert main([*calib, "--chat-template", str(template), "--out", str(tmp_path / "c1")]) == 0
     first = json.loads((tmp_path / "c1" / "calibration.jsonl").read_text().splitlines()[1])
     tok = tokenizer("llama")
