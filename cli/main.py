@@ -64,7 +64,10 @@ def main(argv=None) -> int:
             sub = parser._subparsers._group_actions[0].choices[args.command]
             sub.set_defaults(**read_config(args.config, sub))
             args = parser.parse_args(argv)
-        return args.func(args)
+        from rac.cli.options import quiet
+
+        with quiet(bool(getattr(args, "quiet", False))):  # CLI-8: --quiet silences notices too
+            return args.func(args)
     except (ValueError, TypeError, OSError) as exc:  # OSError: FileNotFoundError, PermissionError, a full disk
         print(f"rac {args.command}: error: {exc}", file=sys.stderr)
         return 2

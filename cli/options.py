@@ -82,6 +82,32 @@ def apply_template_options(tokenizer, args, source, needed: bool = True) -> str 
 
 
 @contextmanager
+def quiet(enabled: bool = True):
+    """--quiet for the duration of a command: notices (``rac.fast.plan.CPUNotice``) and the INFO and WARNING
+    lines of transformers and math-verify (its "Timeout is disabled") are not shown; errors still are. The
+    filters and levels are put back afterwards (a command may run inside another program)."""
+    import logging
+    import warnings
+
+    if not enabled:
+        yield
+        return
+    from rac.fast.plan import CPUNotice
+
+    loggers = [logging.getLogger(name) for name in ("math_verify", "transformers", "datasets")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CPUNotice)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+@contextmanager
 def torch_threads(threads, option: str = "--threads"):
     """torch's CPU thread count set to ``threads`` (None: left as it is) for the block, then put back (a command
     may run inside another program: the tests). ValueError naming ``option`` unless a positive integer."""
@@ -99,4 +125,4 @@ def torch_threads(threads, option: str = "--threads"):
 
 
 __all__ = ["RAW_TEMPLATE", "add_answer_option", "add_template_options", "apply_template_options",
-           "add_field_options", "check_answer_option", "raw_template", "torch_threads"]
+           "add_field_options", "check_answer_option", "quiet", "raw_template", "torch_threads"]

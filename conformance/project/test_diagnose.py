@@ -11,6 +11,9 @@ instead), e_t and r_t = e_t(prompt) / e_t(rac).
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import importlib.util
 import json
 import math
@@ -36,9 +39,20 @@ HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 def diag_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("diag")
     args = ["diagnose", "--num-problems", str(PROBLEMS), "--token-budget", str(BUDGET), "--threads", "1",
-            "--json", str(root / "fig.json"), "--save-models", str(root / "models"), "--with-text"]
-    assert rac_main(args + (["--png", str(root / "fig.png")] if HAS_MPL else [])) == 0
+            "--json", str(root / "fig.json"), "--save-models", str(root / "models"), "--with-text", "--quiet"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert rac_main(args + (["--png", str(root / "fig.png")] if HAS_MPL else [])) == 0
+    (root / "stdout.txt").write_text(printed.getvalue())
     return root, json.loads((root / "fig.json").read_text())
+
+
+@req("CLI-6")
+def test_cli_6_diagnose_quiet_prints_only_what_it_wrote(diag_run):
+    """CLI-6: rac diagnose --quiet prints no calibration, pruning or summary lines, only the files it wrote."""
+    root, _ = diag_run
+    lines = (root / "stdout.txt").read_text().splitlines()
+    assert lines and all(line.startswith("wrote ") for line in lines), lines
 
 
 def _final_states(model, ids: torch.Tensor) -> torch.Tensor:

@@ -409,3 +409,20 @@ def test_cli_8_progress_bars_say_the_rate_and_the_time_left(capsys):
     assert "1/4" in drawn_before_the_end and "batch 1" in drawn_before_the_end
     assert "4/4" in text and "prompts/s" in text and re.search(r"\d\d:\d\d<\d\d:\d\d", text), text
     assert callable(_bar("Phase II", "blocks"))  # rac prune's and rac calibrate's bars are this one
+
+
+@req("CLI-8")
+def test_cli_8_quiet_silences_notices(tmp_path):
+    """CLI-8: --quiet shows no notices (CPUNotice when --device auto finds no CUDA); without it the notice is
+    shown. Warnings are recorded here, so 'shown' means warned."""
+    from rac.fast.plan import CPUNotice
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU notice is only given without CUDA")
+    argv = ["prune", "--model", str(model_dir("llama")), "--method", "magnitude", "--calibration", "prompt",
+            "--num-prompts", "2", "--no-eval", "--device", "auto"]
+    for extra, expect in (([], True), (["--quiet"], False)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            assert main([*argv, *extra, "--out", str(tmp_path / str(expect))]) == 0
+        assert any(issubclass(w.category, CPUNotice) for w in seen) is expect, (extra, [w.message for w in seen])
