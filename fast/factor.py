@@ -121,8 +121,9 @@ def blocked_cholesky_(A: torch.Tensor, block: int = CHOLESKY_BLOCK):
     the rows below are solved against it: n^3/3 FLOPs, as LAPACK's potrf. Why not potrf itself:
     torch.linalg.cholesky_ex returns a column-major factor and zeroes its upper triangle across that
     layout, which took 0.16-0.36 s of its 1.2-1.35 s at 4096 in float64 on this CPU (1 thread, load
-    4.8, torch profiler); this form took 1.0-1.2 s against its 1.3-1.4 s, same run, and agrees with it
-    to 5e-15 (relative; docs/benchmarks.md).
+    4.8, torch profiler). conformance/benchmarks/probe_factor.py (interleaved, 4096, 1 thread,
+    2026-12-02): 0.80-0.84 s (a copy of A included) against cholesky_ex's 0.88-0.90 s at load 3.6,
+    1.0-1.2 s against 1.3-1.4 s in an earlier run at load 5; the factors agree to 4.5e-15 relative.
     """
     n = A.shape[0]
     for k0 in range(0, n, block):
