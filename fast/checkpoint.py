@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from rac.reference.contract.atomic import pid_alive
 from rac.reference.contract.models import text_config
 
 STATE = "state.json"
@@ -94,13 +95,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -138,7 +132,7 @@ class Checkpoint:
                     pid = int(lock.read_text().strip() or 0)
                 except (OSError, ValueError):
                     pid = 0
-                if pid and pid != os.getpid() and _pid_alive(pid):
+                if pid and pid != os.getpid() and pid_alive(pid):
                     raise CheckpointError(
                         f"checkpoint_dir {self.dir} is in use by process {pid} ({lock}); two runs cannot share a "
                         "checkpoint directory: wait for it, or use another directory") from None

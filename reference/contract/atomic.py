@@ -26,11 +26,12 @@ def remove_stale_partials(path: Path) -> None:
     """Remove what a killed run (SIGKILL: no cleanup ran) left beside ``path``: temporaries whose process is gone."""
     for stale in path.parent.glob(f".{path.name}.partial-*"):
         pid = stale.name.rsplit(".partial-", 1)[1].split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
