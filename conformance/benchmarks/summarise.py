@@ -134,6 +134,26 @@ def compare_bounds(cases: list) -> list:
     return lines
 
 
+def targets_table(cases: list, speedup: float = 2.0, of_bound: float = 1.5) -> list:
+    """Issue #15's targets per case: the other implementation at least ``speedup`` x rac.fast's time in
+    every round, and rac.fast's best within ``of_bound`` x the problem's bound."""
+    lines = [f"| case | threads | other time / fast time, per round (min / median / max) | {speedup:g}x held? "
+             f"| fast best / bound | {of_bound:g}x bound held? | load |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for c in cases:
+        fast = [s["seconds"] for s in c["samples"] if s["impl"] == "fast"]
+        other = [s["seconds"] for s in c["samples"] if s["impl"] != "fast"]
+        load = [s["loadavg_1min"] for s in c["samples"]]
+        if not fast or not other:
+            continue
+        rs = [a / b for a, b in zip(other, fast)]
+        held = "yes" if min(rs) >= speedup else ("in some rounds" if max(rs) >= speedup else "no")
+        xb = min(fast) / c["bound"]["seconds"]
+        lines.append(f"| {c['name']} | {c['threads']} | {min(rs):.2f} / {_med(rs):.2f} / {max(rs):.2f}x | {held} "
+                     f"| {xb:.2f}x | {'yes' if xb <= of_bound else 'no'} | {min(load):.1f}-{max(load):.1f} |")
+    return lines
+
+
 def main(paths) -> None:
     """One block per file; with several files, also one merged layer table (a later file's case replaces an
     earlier file's, and the "run" column names the file)."""
@@ -145,6 +165,8 @@ def main(paths) -> None:
             print(f"run {i}: " + compare_header(data, path), "\n")
             print("\n".join(compare_table(data["cases"])), "\n")
             print("\n".join(compare_bounds(data["cases"])), "\n")
+            if data.get("kind") == "llmcompressor":
+                print("\n".join(targets_table([c for c in data["cases"] if c["method"] == "sparsegpt"])), "\n")
             continue
         bench = data["benchmarks"]
         print(f"run {i}: " + header(data, path), "\n")
