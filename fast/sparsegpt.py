@@ -194,7 +194,10 @@ def sparsegpt_sweep_left(W32, F, bounds: list, dead, pattern: Pattern, sparsity:
     in float64: about 0.6 s of 2 s at 4096 on this CPU, docs/benchmarks.md). Inside a panel the
     right-looking ``_sweep_t`` runs with U_AB. Returns (W_hat, mask) as ``sparsegpt_sweep``.
     """
-    WT = torch.empty(W32.shape[::-1], dtype=torch.float32, device=W32.device).copy_(W32.T)  # W in any dtype
+    # W in any dtype, swept in float32 (F's dtype when F is float64: FAST-3 checks this order of the sweep in
+    # float64 against the reference's)
+    work = torch.float64 if F.dtype == torch.float64 else torch.float32
+    WT = torch.empty(W32.shape[::-1], dtype=work, device=W32.device).copy_(W32.T)
     DT = WT.clone()  # the original W^T; becomes Delta^T = (W - W_hat)^T panel by panel
     keepT = torch.ones_like(WT, dtype=torch.bool)
     d = torch.diagonal(F)  # F's diagonal blocks are U's: d = diag(U)

@@ -153,6 +153,40 @@ def test_fast_3_blocked_sweep_is_the_reference_sweep(fast, measure, layer, spars
     assert err <= rtol, f"FAST-3: panel {panel} chunk {chunk} changes the weights by {err:.3g} > {rtol:.3g} ({layer})"
 
 
+@req("FAST-3")
+@FEW
+@given(layer=layers(in_multiple=4, max_in=36), sparsity=sparsities, nm=st.booleans(),
+       blocksize=st.sampled_from([1, 3, 4, 8, 128]), panel=st.sampled_from([1, 4, 5, 8, 128]))
+def test_fast_3_left_looking_sweep_is_the_reference_sweep(fast, measure, layer, sparsity, nm, blocksize, panel):
+    """FAST-3: the sweep the pruner runs (left-looking: each panel owed its updates through F = R[:A, A:B] U_AB,
+    no whole U) is the reference sweep: in float64, F from the same damped H, any panel width gives the
+    reference's mask and its weights to float64 rounding."""
+    from rac.fast.factor import left_panel_factor
+    from rac.fast.sparsegpt import left_panels, sparsegpt_sweep_left
+    from rac.reference.sparsegpt import dead_inputs, factor_with_recovery
+    from rac.reference.sparsegpt import sparsegpt_sweep as reference_sweep
+
+    pattern = parse_pattern("2:4" if nm else "unstructured")
+    U, _ = factor_with_recovery(layer.H, 0.01, "raise")
+    dead = dead_inputs(layer.H)
+    W_ref, mask_ref = reference_sweep(layer.W, U, dead, pattern, sparsity, blocksize)
+    bounds = left_panels(layer.W.shape[1], pattern, blocksize, panel)
+    F, used = left_panel_factor(layer.H, 0.01, "raise", bounds, out_dtype=torch.float64)
+    assert used == 0.01
+    W_fast, mask_fast = sparsegpt_sweep_left(layer.W, F, bounds, dead, pattern, sparsity, blocksize)
+    assert W_fast.dtype == torch.float64
+    # F's blocks are U's (and R U_AB) computed another way: float64 rounding amplified by cond(U) as above
+    rtol = fast_sweep_rtol(EPS64, layer.W.shape[1], 0.01)
+    if not torch.equal(mask_fast, mask_ref):
+        sparsegpt_replay(
+            layer.W, layer.H, mask_fast, pattern, sparsity, blocksize, 0.01, rtol=2 * rtol + score_rtol(EPS64)
+        )
+        W_ref = sparsegpt_replay(layer.W, layer.H, mask_fast, pattern, sparsity, blocksize, 0.01, rtol=1.0)
+    err = float((W_fast - W_ref).abs().max()) / max(1.0, float(W_ref.abs().max()))
+    measure("FAST-3", err, rtol, "left-looking vs per-column sweep, float64")
+    assert err <= rtol, f"FAST-3: left-looking panel {panel} changes the weights by {err:.3g} > {rtol:.3g} ({layer})"
+
+
 @req("FAST-4")
 @pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
