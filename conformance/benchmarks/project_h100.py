@@ -34,6 +34,13 @@ SHAPES = {
                  num_key_value_heads=2, vocab_size=151936),
 }
 PROMPTS, TRACE, PROMPT_LEN = 128, 8192, 256
+#: Llama-3-70B-like, for the several-GPU projection only (issue #18).
+SHAPES["70B"] = dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                     num_key_value_heads=8, vocab_size=128256)
+#: NVLink 4 of an H100 SXM5: 900 GB/s in both directions together, so 450 GB/s into one GPU (datasheet).
+NVLINK_IN = 450e9
+#: Sequences per Phase II batch (rac.fast's default on an 80 GB GPU is larger; fewer batches, fewer messages).
+PHASE2_BATCH = 8
 
 
 def meta_model(shape: str):
@@ -76,6 +83,32 @@ def phase1(shape: str, batch: int) -> dict:
     }
 
 
+def distributed(shape: str, ranks: int) -> dict:
+    """Phase II on ``ranks`` H100s as rac.fast.distributed does it (spec DIST-2), a lower bound: every rank
+    forwards and accumulates 1/ranks of the tokens; each group's H terms go, batch by batch, to its owner
+    (one message of in^2 float32 per batch and group, added there in the one-process order); the owners
+    factor and sweep their groups, at best ranks at a time, never faster than the largest group; the
+    pruned weights are broadcast (bf16). Projected, not measured."""
+    one = phase2(shape)
+    model = meta_model(shape)
+    c = model.config
+    blocks, hidden, ffn = c.num_hidden_layers, c.hidden_size, c.intermediate_size
+    seconds = one["seconds"]
+    parallel = (seconds["hessian"] + seconds["forward"]) / ranks
+    # the widest group (down_proj: in = ffn, out = hidden) is one owner's work in every block
+    widest = blocks * (hidden * ffn * (ffn - 1) / H100["fp32"] + ffn**3 / 3 / H100["fp64"])  # bounds.py's counts
+    owners = max((seconds["sweep"] + seconds["factorisation"]) / ranks, widest)
+    batches = -(-PROMPTS // PHASE2_BATCH)
+    # the down_proj owner receives the other ranks' share of every batch's ffn x ffn float32 term
+    exchange = blocks * batches * (ranks - 1) / ranks * ffn**2 * 4 / NVLINK_IN if ranks > 1 else 0.0
+    weights = sum(p.numel() for p in model.model.layers.parameters()) * 2
+    broadcast = weights / NVLINK_IN if ranks > 1 else 0.0
+    total = parallel + owners + exchange + broadcast
+    return {"ranks": ranks, "tokens": one["tokens"], "parallel_s": parallel, "owners_s": owners,
+            "exchange_s": exchange, "broadcast_s": broadcast, "lower_bound_s": total,
+            "one_gpu_s": one["lower_bound_s"], "model_GB": sum(p.numel() for p in model.parameters()) * 2 / 1e9}
+
+
 def auto_batch(shape: str) -> int:
     """fast.calibration's batch_size='auto' on an 80 GB GPU: KV cache of prompt + trace in half the
     memory left after the weights, at most 256."""
@@ -115,3 +148,13 @@ if __name__ == "__main__":
             f"with an eager step of {EAGER_STEP_S[0] * 1e3:.0f}-{EAGER_STEP_S[1] * 1e3:.0f} ms: "
             f"{r['tokens_per_s_eager'][0]:,.0f}-{r['tokens_per_s_eager'][1]:,.0f} tok/s"
         )
+    for shape in ("7B", "70B"):
+        for ranks in (1, 8):
+            d = distributed(shape, ranks)
+            print(
+                f"Phase II {shape} on {ranks} H100(s), {d['tokens']:,} tokens (projected, not measured): forward and "
+                f"Hessians {d['parallel_s']:.1f} s, factor and sweep on the owners {d['owners_s']:.1f} s, H terms to "
+                f"the owners {d['exchange_s']:.1f} s, weights broadcast {d['broadcast_s']:.1f} s; lower bound "
+                f"{d['lower_bound_s']:.0f} s (one GPU: {d['one_gpu_s']:.0f} s); bf16 model {d['model_GB']:.0f} GB held "
+                "by every rank's host"
+            )
