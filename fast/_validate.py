@@ -52,7 +52,8 @@ def checked_hessian(H, W: torch.Tensor) -> torch.Tensor:
     H = rescaled(H)
     if H.dtype in (torch.float16, torch.bfloat16):
         H = H.to(COMPUTE_DTYPE)
-    if float(H.abs().max()) > FLOAT32_MAX:  # a float64 H whose off-diagonal dwarfs its diagonal: cannot be PSD
+    # a float64 H whose off-diagonal dwarfs its diagonal: cannot be PSD (a float32 H, checked finite, cannot)
+    if H.dtype == torch.float64 and float(H.abs().max()) > FLOAT32_MAX:
         raise ValueError("H has off-diagonal entries beyond float32's range next to its diagonal; it is not a PSD "
                          "matrix sum_t x_t x_t^T")
     return H if H.dtype == torch.float64 else H.to(COMPUTE_DTYPE)
