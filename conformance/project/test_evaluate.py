@@ -141,7 +141,8 @@ def test_eval_5_thinking_tokens(tok):
     # the prompt did not open the block and the reply's <think> is corrupted, but </think> closes it: the
     # tokens before </think> are thinking all the same (they were counted 0)
     for corrupted in ("<thnk>", "think>", "<th"):
-        g, ids = _graded(tok, corrupted + "1+2=3 c=0\n</think>\nThe answer is \\boxed{3}.", gold="3", think_opened=False)
+        reply = corrupted + "1+2=3 c=0\n</think>\nThe answer is \\boxed{3}."
+        g, ids = _graded(tok, reply, gold="3", think_opened=False)
         assert g.thinking_tokens == ids.index(close) > 0 and g.status == "correct", corrupted
     # a tokenizer whose </think> is not one token (think_close_id None): counted from the text before it
     ids = tok("<thnk>1+2=3\n</think>\n\\boxed{3}", add_special_tokens=False)["input_ids"]
