@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from rac.reference.contract.validate import as_real_tensor, check_hessian, check_weight
+from rac.reference.contract.validate import all_finite, as_real_tensor, check_hessian, check_weight
 
 #: The dtype every fast pruner computes in (docs/spec.md, "Fast implementation and precision policy").
 COMPUTE_DTYPE = torch.float32
@@ -71,7 +71,7 @@ def rescaled(H: torch.Tensor) -> torch.Tensor:
 def check_result(weight: torch.Tensor, W: torch.Tensor, method: str) -> torch.Tensor:
     """Post-condition: a finite result, or FloatingPointError saying which input is out of range for
     float32 (REL): rac.fast never returns an Inf or a NaN."""
-    if not bool(torch.isfinite(weight).all()):
+    if not all_finite(weight):
         raise FloatingPointError(
             f"rac.fast {method}: the float32 computation overflowed for W with entries up to "
             f"{float(W.abs().max()):.3g} (float32 holds up to {FLOAT32_MAX:.3g}, and the updates can grow a "

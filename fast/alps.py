@@ -33,6 +33,7 @@ import torch
 
 from rac.reference.alps import SETTLED_CHANGE, check_positive_semidefinite, kept_count, update_rho
 from rac.reference.contract.patterns import Pattern
+from rac.reference.contract.validate import all_finite
 from rac.reference.masks import nm_mask
 
 from .masks import prune_lowest
@@ -166,7 +167,7 @@ def solve(W: torch.Tensor, factor: AlpsFactor, pattern: Pattern, sparsity: float
         B, mask = project(B, pattern, kept, dead)
         B, cg_done, cg_ok = conjugate_gradient_on_support(H_n, W_n @ H_n, B, mask, opts["cg_iters"], opts["cg_rtol"])
     W_hat = (B.to(torch.float64) / factor.norms).masked_fill(~mask, 0.0)
-    if not bool(torch.isfinite(W_hat).all()):  # defensive: inputs are finite, so is every step
+    if not all_finite(W_hat):  # defensive: inputs are finite, so is every step
         raise FloatingPointError("ALPS produced non-finite weights")
     info.update({"cg_iterations": cg_done, "cg_converged": cg_ok, "kept": kept})
     out_dtype = W.dtype if W.is_floating_point() else torch.float32

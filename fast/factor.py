@@ -30,6 +30,7 @@ import warnings
 
 import torch
 
+from rac.reference.contract.validate import all_finite
 from rac.reference.sparsegpt import MAX_RECOVERY_DAMPENING, CholeskyError
 
 FACTOR_DTYPE = torch.float64
@@ -48,7 +49,7 @@ def inverse_cholesky_upper(H_damped: torch.Tensor):
         return None
     eye = torch.eye(R.shape[0], dtype=R.dtype, device=R.device)
     U = torch.linalg.solve_triangular(R, eye, upper=True)
-    if not bool(torch.isfinite(U).all()):
+    if not all_finite(U):
         return None
     return U
 
@@ -100,7 +101,7 @@ def left_panel_factor(H: torch.Tensor, dampening: float, on_failure: str, bounds
             F[A:B, A:B] = U_AB
             if A:  # R[:A, A:B] U_AB = (J L[b:, a:b] J) U_AB = J (L[b:, a:b] (J U_AB))
                 F[:A, A:B] = (L[b:, a:b] @ U_AB.flip(0)).flip(0)
-        if not bool(torch.isfinite(F).all()):
+        if not all_finite(F):
             return None
         return F
 
