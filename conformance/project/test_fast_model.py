@@ -87,6 +87,27 @@ def test_eqv_1_batched_traces_are_the_reference_traces(fast, name, sampling):
 
 
 @req("EQV-1")
+@pytest.mark.parametrize("path", ["2-D mask (eager attention)", "model-made cache", "unpadded batch"])
+def test_eqv_1_decode_loop_fallbacks_give_the_reference_traces(fast, monkeypatch, path):
+    """EQV-1: the decode loop's other paths decode the reference's (sampled) traces too: a model that is not
+    plain SDPA gets the 2-D mask each step, a cache that cannot be preallocated is the model's own, and a
+    batch without padding runs without a mask."""
+    model, tok = fresh("qwen3"), tokenizer("qwen3")
+    prompts = [problems(3)[0]] * 3 if path == "unpadded batch" else list(problems(5))
+    if path.startswith("2-D"):
+        model.config._attn_implementation = "eager"
+        assert not fast_calibration._plain_sdpa(model)
+    if path == "model-made cache":
+        monkeypatch.setattr(fast_calibration, "_preallocated_cache", lambda model, capacity: None)
+    kw = dict(mode="rac", max_new_tokens=16, temperature=0.7, top_k=50, top_p=0.95, seed=3)
+    ref = collect_calibration(model, tok, prompts, **kw)
+    got = fast_calibration.collect_calibration(model, tok, prompts, batch_size=3, **kw)
+    for i, (a, b) in enumerate(zip(ref.sequences, got.sequences)):
+        assert torch.equal(a, b), f"EQV-1 ({path}, prompt {i}): fast {b.tolist()} != reference {a.tolist()}"
+    assert ref.meta["trace_stops"] == got.meta["trace_stops"]
+
+
+@req("EQV-1")
 def test_eqv_1_static_cache_decodes_the_same(fast):
     """EQV-1: the static KV cache (fixed shapes, for torch.compile on a GPU) decodes the same traces."""
     model, tok = fresh("qwen3"), tokenizer("qwen3")
