@@ -93,7 +93,10 @@ def left_panel_factor(H: torch.Tensor, dampening: float, on_failure: str, bounds
         L = blocked_cholesky_(H_damped_reversed)
         if L is None:
             return None
-        F = torch.zeros(n, n, dtype=out_dtype, device=L.device)
+        # Only F's upper block triangle (rows :B of each panel's columns) is written and read; the rest is
+        # left unwritten: zeros there cost a fill and page faults of the whole n x n (fresh memory), for
+        # entries nothing reads.
+        F = torch.empty(n, n, dtype=out_dtype, device=L.device)
         for A, B in bounds:
             a, b = n - B, n - A  # the panel's columns in L's (reversed) order
             eye = torch.eye(B - A, dtype=L.dtype, device=L.device)
@@ -101,7 +104,7 @@ def left_panel_factor(H: torch.Tensor, dampening: float, on_failure: str, bounds
             F[A:B, A:B] = U_AB
             if A:  # R[:A, A:B] U_AB = (J L[b:, a:b] J) U_AB = J (L[b:, a:b] (J U_AB))
                 F[:A, A:B] = (L[b:, a:b] @ U_AB.flip(0)).flip(0)
-        if not all_finite(F):
+        if not all(all_finite(F[:B, A:B]) for A, B in bounds):
             return None
         return F
 
@@ -140,17 +143,35 @@ def blocked_cholesky_(A: torch.Tensor, block: int = CHOLESKY_BLOCK):
     return A
 
 
+def reversed_lower(H: torch.Tensor, dtype, rows: int = 256) -> torch.Tensor:
+    """The lower triangle (diagonal included) of J H J in ``dtype``: [i, j] = H[n-1-i, n-1-j] for i >= j;
+    the strict upper triangle is left unwritten (``blocked_cholesky_`` reads only the lower one).
+
+    Built ``rows`` rows at a time through a flipped block of H, so no flipped n x n copy of H is
+    made, and half of the float64 result is never written: fresh memory's first writes page fault,
+    which was most of the cost of ``H.flip(0, 1).to(float64)`` (a 64 MiB float32 copy, then a
+    128 MiB float64 one) at 4096 inputs; in one session on this CPU (1 thread, 2026-12-02) a fresh
+    64 MiB clone took 73 ms against 10 ms into memory already written.
+    """
+    n = H.shape[0]
+    out = torch.empty(n, n, dtype=dtype, device=H.device)
+    for r0 in range(0, n, rows):
+        r1 = min(r0 + rows, n)
+        out[r0:r1, :r1].copy_(H[n - r1:n - r0, n - r1:].flip(0, 1))
+    return out
+
+
 def _with_recovery(H: torch.Tensor, dampening: float, on_failure: str, factor, reverse: bool = False):
     """SGPT-8's loop around ``factor`` (H_damped in FACTOR_DTYPE -> result, or None when not PD).
 
-    reverse: hand ``factor`` J H_d J (rows and columns reversed), made in one pass from H on every try
-    instead of a float64 copy of H, a clone per try and a flipped copy."""
+    reverse: hand ``factor`` the lower triangle of J H_d J (rows and columns reversed; ``reversed_lower``),
+    made from H on every try instead of a float64 copy of H, a clone per try and a flipped copy."""
     H64 = None if reverse else H.to(FACTOR_DTYPE)
     tried = []
     damp = dampening
     while True:
         tried.append(damp)
-        H_damped = H.flip(0, 1).to(FACTOR_DTYPE) if reverse else H64.clone()  # flip copies: H is never written
+        H_damped = reversed_lower(H, FACTOR_DTYPE) if reverse else H64.clone()  # H itself is never written
         H_damped.diagonal().add_(damping(H, damp))  # J H J has H's diagonal, reversed: the same mean
         result = factor(H_damped)
         if result is not None:

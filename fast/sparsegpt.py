@@ -31,7 +31,7 @@ from ._validate import output_dtype
 from .factor import left_panel_factor
 from .masks import prune_lowest
 from .precision import full_fp32
-from .sweep import sweep_chunk, sweep_panel
+from .sweep import panel_buffers, sweep_chunk, sweep_panel
 
 #: Columns per panel (one trailing GEMM each): the original's 128; measured in docs/benchmarks.md.
 PANEL = 128
@@ -112,16 +112,21 @@ def in_panel_schedule(device: torch.device):
     """(chunk_fn, whole panel?) for the in-panel column loop on ``device``.
 
     RAC_FAST_SWEEP=auto (default): the Triton kernel on CUDA when Triton is installed (one launch
-    per panel, fast/triton_sweep.py), else the eager loop in chunks of CHUNK; "eager" or "triton"
-    force one. Both compute the same thing (FAST-10).
+    per panel, fast/triton_sweep.py); on a CPU the numpy loop of fast/cpu_sweep.py in chunks of
+    CHUNK; else the eager torch loop in chunks of CHUNK. "eager", "cpu" or "triton" force one. All
+    compute the same thing (FAST-10, FAST-11).
     """
     choice = os.environ.get("RAC_FAST_SWEEP", "auto")
-    if choice not in ("auto", "eager", "triton"):
-        raise ValueError(f"RAC_FAST_SWEEP must be 'auto', 'eager' or 'triton', got {choice!r}")
+    if choice not in ("auto", "eager", "cpu", "triton"):
+        raise ValueError(f"RAC_FAST_SWEEP must be 'auto', 'eager', 'cpu' or 'triton', got {choice!r}")
     from . import triton_sweep
 
     if choice == "triton" or (choice == "auto" and device.type == "cuda" and triton_sweep.available(device)):
         return _triton_or_eager, True
+    if choice == "cpu" or (choice == "auto" and device.type == "cpu"):
+        from .cpu_sweep import sweep_chunk_cpu
+
+        return sweep_chunk_cpu, False
     return sweep_chunk, False
 
 
@@ -144,10 +149,11 @@ def sparsegpt_sweep(W32, U, dead, pattern: Pattern, sparsity: float, blocksize: 
 
 
 def _sweep_t(WT, keepT, U, d, dead, pattern: Pattern, sparsity: float, blocksize: int, panel: int, chunk: int,
-             chunk_fn) -> None:
+             chunk_fn, work=None) -> None:
     """The right-looking sweep in place on WT (in, out) / keepT, U (in, in) with diagonal d (see sparsegpt_sweep).
 
-    Column indices are local to WT; the caller makes block starts local multiples of ``blocksize``."""
+    Column indices are local to WT; the caller makes block starts local multiples of ``blocksize``.
+    work: ``panel_buffers`` for panels up to WT's height (allocated here when None)."""
     if chunk_fn is None:
         chunk_fn, whole_panel = in_panel_schedule(WT.device)
         if whole_panel:
@@ -159,12 +165,16 @@ def _sweep_t(WT, keepT, U, d, dead, pattern: Pattern, sparsity: float, blocksize
     else:
         nm = None
     starts = panel_starts(in_features, pattern, blocksize, panel)
-    for a, b in zip(starts, starts[1:] + [in_features]):
+    ends = starts[1:] + [in_features]
+    if work is None:
+        work = panel_buffers(max(b - a for a, b in zip(starts, ends)), WT.shape[1], WT.dtype, WT.device)
+    for a, b in zip(starts, ends):
         if nm is None and a % blocksize == 0:
             e = min(a + blocksize, in_features)
             scoresT = obs_scores_t(WT[a:e], d[a:e], dead[a:e]).T  # (width, out), contiguous
             keepT[a:e] = block_keep_t(scoresT, pruned_count(sparsity, scoresT.numel()))
-        errT = sweep_panel(WT[a:b], U[a:b, a:b], keepT[a:b], d[a:b], dead[a:b], nm, chunk, chunk_fn=chunk_fn)
+        errT = sweep_panel(WT[a:b], U[a:b, a:b], keepT[a:b], d[a:b], dead[a:b], nm, chunk, chunk_fn=chunk_fn,
+                           work=work)
         if b < in_features:
             WT[b:].addmm_(U[a:b, b:].T, errT, alpha=-1.0)
 
@@ -196,17 +206,18 @@ def sparsegpt_sweep_left(W32, F, bounds: list, dead, pattern: Pattern, sparsity:
     """
     # W in any dtype, swept in float32 (F's dtype when F is float64: FAST-3 checks this order of the sweep in
     # float64 against the reference's)
-    work = torch.float64 if F.dtype == torch.float64 else torch.float32
-    WT = torch.empty(W32.shape[::-1], dtype=work, device=W32.device).copy_(W32.T)
+    dtype = torch.float64 if F.dtype == torch.float64 else torch.float32
+    WT = torch.empty(W32.shape[::-1], dtype=dtype, device=W32.device).copy_(W32.T)
     DT = WT.clone()  # the original W^T; becomes Delta^T = (W - W_hat)^T panel by panel
     keepT = torch.ones_like(WT, dtype=torch.bool)
     d = torch.diagonal(F)  # F's diagonal blocks are U's: d = diag(U)
+    work = panel_buffers(max(B - A for A, B in bounds), WT.shape[1], dtype, W32.device)  # one pair for all panels
     with full_fp32():
         for A, B in bounds:
             if A:
                 WT[A:B].addmm_(F[:A, A:B].T, DT[:A])
             _sweep_t(WT[A:B], keepT[A:B], F[A:B, A:B], d[A:B], dead[A:B], pattern, sparsity, blocksize, panel,
-                     chunk, chunk_fn)
+                     chunk, chunk_fn, work)
             DT[A:B].sub_(WT[A:B])
     return WT.T, keepT.T
 

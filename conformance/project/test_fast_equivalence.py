@@ -403,3 +403,38 @@ def test_fast_10_triton_kernel_computes_the_eager_sweep(fast, measure, device, t
 
     proc = subprocess.run([sys.executable, "-c", _INTERPRETER_SCRIPT], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0 and "FAST-10 OK" in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
+
+
+@req("FAST-11")
+@FEW
+@example(layer=make_layer("outliers", 8, 40, 64, 5), sparsity=0.5, pattern="2:4", float64=False, blocksize=8)
+@given(layer=layers(in_multiple=8, max_in=64), sparsity=sparsities,
+       pattern=st.sampled_from(["unstructured", "2:4", "1:4", "4:8", "3:8"]), float64=st.booleans(),
+       blocksize=st.sampled_from([1, 4, 8, 128]))
+def test_fast_11_cpu_column_loop_is_the_eager_loop(fast, measure, layer, sparsity, pattern, float64, blocksize):
+    """FAST-11: the numpy column loop that rac.fast runs on a CPU (fast/cpu_sweep.py) gives bitwise the eager
+    torch loop's weights, masks and errors: the same IEEE operations in the same order (2:4 masks by unique keys
+    and a min/max network instead of the pairwise ranks), float32 and float64, unstructured and N:M."""
+    from rac.fast.cpu_sweep import sweep_chunk_cpu
+    from rac.fast.factor import left_panel_factor
+    from rac.fast.sparsegpt import dead_inputs, left_panels, sparsegpt_sweep_left
+    from rac.fast.sweep import sweep_chunk
+
+    dtype = torch.float64 if float64 else torch.float32
+    pat = parse_pattern(pattern)
+    H = layer.H.to(torch.float32)
+    # a dead input and exact ties in the scores, where the two rankings could part
+    H[1, :] = 0.0
+    H[:, 1] = 0.0
+    W = layer.W.to(torch.float32)
+    W[:, 2] = W[:, 3]
+    bounds = left_panels(W.shape[1], pat, blocksize, 16)
+    F, _ = left_panel_factor(H, 0.01, "raise", bounds, out_dtype=dtype)
+    dead = dead_inputs(H)
+    s = sparsity if pat.kind == "unstructured" else 0.0
+    results = [sparsegpt_sweep_left(W.to(dtype), F, bounds, dead, pat, s, blocksize, panel=16, chunk=8,
+                                    chunk_fn=fn) for fn in (sweep_chunk, sweep_chunk_cpu)]
+    (w_eager, m_eager), (w_cpu, m_cpu) = results
+    measure("FAST-11", float((w_eager - w_cpu).abs().max()), 0.0, "numpy vs torch column loop (bitwise)")
+    assert torch.equal(m_eager, m_cpu), f"FAST-11: the CPU loop chose another mask ({pattern}, {dtype}, {layer})"
+    assert torch.equal(w_eager, w_cpu), f"FAST-11: the CPU loop's weights differ ({pattern}, {dtype}, {layer})"
