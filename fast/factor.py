@@ -33,6 +33,8 @@ import torch
 from rac.reference.contract.validate import all_finite
 from rac.reference.sparsegpt import MAX_RECOVERY_DAMPENING, CholeskyError
 
+from . import alloc
+
 FACTOR_DTYPE = torch.float64
 
 
@@ -96,7 +98,7 @@ def left_panel_factor(H: torch.Tensor, dampening: float, on_failure: str, bounds
         # Only F's upper block triangle (rows :B of each panel's columns) is written and read; the rest is
         # left unwritten: zeros there cost a fill and page faults of the whole n x n (fresh memory), for
         # entries nothing reads.
-        F = torch.empty(n, n, dtype=out_dtype, device=L.device)
+        F = alloc.empty((n, n), out_dtype, L.device)
         for A, B in bounds:
             a, b = n - B, n - A  # the panel's columns in L's (reversed) order
             eye = torch.eye(B - A, dtype=L.dtype, device=L.device)
@@ -116,30 +118,37 @@ CHOLESKY_BLOCK = 256
 
 
 def blocked_cholesky_(A: torch.Tensor, block: int = CHOLESKY_BLOCK):
-    """Lower Cholesky factor of A, left-looking by blocks of ``block`` columns, in place; None if not PD.
+    """Lower Cholesky factor of A, right-looking by blocks of ``block`` columns, in place; None if not PD.
 
-    Only the lower triangle of the result is the factor (the strict upper triangle keeps A's entries):
-    callers read blocks on or below the diagonal, through solves that read one triangle. Column block
-    [k0, k1) receives every earlier block's update in one GEMM, then its diagonal block is factored
-    (torch.linalg.cholesky_ex, which fails exactly where A's leading minors stop being positive) and
-    the rows below are solved against it: n^3/3 FLOPs, as LAPACK's potrf. Why not potrf itself:
-    torch.linalg.cholesky_ex returns a column-major factor and zeroes its upper triangle across that
-    layout, which took 0.16-0.36 s of its 1.2-1.35 s at 4096 in float64 on this CPU (1 thread, load
-    4.8, torch profiler). conformance/benchmarks/probe_factor.py (interleaved, 4096, 1 thread,
-    2026-12-02): 0.80-0.84 s (a copy of A included) against cholesky_ex's 0.88-0.90 s at load 3.6,
-    1.0-1.2 s against 1.3-1.4 s in an earlier run at load 5; the factors agree to 4.5e-15 relative.
+    Reads and writes only the lower triangle (the strict upper triangle keeps whatever it held, and
+    the caller may leave it unwritten: ``reversed_lower``); callers read blocks on or below the
+    diagonal, through solves that read one triangle. Column block [k0, k1): its diagonal block is
+    factored (torch.linalg.cholesky_ex, which fails exactly where A's leading minors stop being
+    positive), the rows below are solved against it, and the trailing lower triangle receives its
+    update row block by row block (GEMMs of ``block`` rows): n^3/3 FLOPs, as LAPACK's potrf.
+
+    Why not potrf itself: torch.linalg.cholesky_ex returns a column-major factor and zeroes its upper
+    triangle across that layout, which took 0.16-0.36 s of its 1.2-1.35 s at 4096 in float64 on this
+    CPU (1 thread, load 4.8, torch profiler), and it needs the whole symmetric matrix. Why
+    right-looking: a session script on this CPU (2026-12-02, 1 thread, 4096 x 4096 float64, best of
+    2, two interleaved rounds, load about 1) timed this schedule at 1.02 s against the left-looking
+    one (each block receiving all earlier blocks' updates in one GEMM) at 1.20-1.23 s and
+    cholesky_ex at 1.22-1.34 s; the factors agree to 3.8e-16 relative. Block widths 128 to 512 and
+    row blocks up to 1024 measured 1.01-1.15 s; 256 / 256 is kept.
     """
     n = A.shape[0]
     for k0 in range(0, n, block):
         k1 = min(k0 + block, n)
-        if k0:
-            A[k0:, k0:k1].addmm_(A[k0:, :k0], A[k0:k1, :k0].T, alpha=-1.0)
         L_kk, info = torch.linalg.cholesky_ex(A[k0:k1, k0:k1])
         if int(info) != 0:
             return None
         A[k0:k1, k0:k1] = L_kk
         if k1 < n:
             A[k1:, k0:k1] = torch.linalg.solve_triangular(L_kk.T, A[k1:, k0:k1], upper=True, left=False)
+            P = A[k1:, k0:k1]  # the solved column block: the trailing matrix loses P P^T
+            for r0 in range(k1, n, block):
+                r1 = min(r0 + block, n)
+                A[r0:r1, k1:r1].addmm_(P[r0 - k1:r1 - k1], P[:r1 - k1].T, alpha=-1.0)
     return A
 
 
@@ -154,7 +163,7 @@ def reversed_lower(H: torch.Tensor, dtype, rows: int = 256) -> torch.Tensor:
     64 MiB clone took 73 ms against 10 ms into memory already written.
     """
     n = H.shape[0]
-    out = torch.empty(n, n, dtype=dtype, device=H.device)
+    out = alloc.empty((n, n), dtype, H.device)
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
         out[r0:r1, :r1].copy_(H[n - r1:n - r0, n - r1:].flip(0, 1))

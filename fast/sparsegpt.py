@@ -28,6 +28,7 @@ import torch
 from rac.reference.contract.patterns import Pattern, pruned_count
 
 from ._validate import output_dtype
+from . import alloc
 from .factor import left_panel_factor
 from .masks import prune_lowest
 from .precision import full_fp32
@@ -207,9 +208,9 @@ def sparsegpt_sweep_left(W32, F, bounds: list, dead, pattern: Pattern, sparsity:
     # W in any dtype, swept in float32 (F's dtype when F is float64: FAST-3 checks this order of the sweep in
     # float64 against the reference's)
     dtype = torch.float64 if F.dtype == torch.float64 else torch.float32
-    WT = torch.empty(W32.shape[::-1], dtype=dtype, device=W32.device).copy_(W32.T)
-    DT = WT.clone()  # the original W^T; becomes Delta^T = (W - W_hat)^T panel by panel
-    keepT = torch.ones_like(WT, dtype=torch.bool)
+    WT = alloc.copy(W32.T, dtype)  # fresh n x out buffers on huge pages where offered (fast/alloc.py)
+    DT = alloc.copy(WT)  # the original W^T; becomes Delta^T = (W - W_hat)^T panel by panel
+    keepT = alloc.empty(WT.shape, torch.bool, WT.device).fill_(True)
     d = torch.diagonal(F)  # F's diagonal blocks are U's: d = diag(U)
     work = panel_buffers(max(B - A for A, B in bounds), WT.shape[1], dtype, W32.device)  # one pair for all panels
     with full_fp32():
@@ -241,4 +242,4 @@ def prune_group(Ws: list, H: torch.Tensor, pattern: Pattern, sparsity: float, *,
         pieces = zip(weight.split(sizes), mask.split(sizes))
     else:
         pieces = (sweep(W) for W in Ws)  # the sweep copies W into float32 (transposed) and never writes W
-    return [(w.to(output_dtype(W)).contiguous(), m.contiguous(), dict(extra)) for W, (w, m) in zip(Ws, pieces)]
+    return [(alloc.copy(w, output_dtype(W)), alloc.copy(m), dict(extra)) for W, (w, m) in zip(Ws, pieces)]

@@ -438,3 +438,32 @@ def test_fast_11_cpu_column_loop_is_the_eager_loop(fast, measure, layer, sparsit
     measure("FAST-11", float((w_eager - w_cpu).abs().max()), 0.0, "numpy vs torch column loop (bitwise)")
     assert torch.equal(m_eager, m_cpu), f"FAST-11: the CPU loop chose another mask ({pattern}, {dtype}, {layer})"
     assert torch.equal(w_eager, w_cpu), f"FAST-11: the CPU loop's weights differ ({pattern}, {dtype}, {layer})"
+
+
+@req("FAST-12")
+def test_fast_12_huge_page_buffers_are_plain_tensors(fast, measure, monkeypatch):
+    """FAST-12: fast/alloc.py's buffers are what torch.empty / a contiguous copy would give (shape, dtype, strides,
+    values), with the huge-page advice given on Linux CPU buffers from MIN_BYTES up and never to small ones."""
+    import sys
+
+    from rac.fast import alloc
+
+    calls = []
+    real = alloc._madvise()
+    if sys.platform.startswith("linux"):
+        assert real is not None, "FAST-12: libc's madvise was not found on Linux"
+
+    def spy(start, length, advice):
+        calls.append((start, length, advice))
+        return real(start, length, advice) if real is not None else 0
+
+    monkeypatch.setattr(alloc, "_madvise", lambda: spy)
+    src = torch.randn(1500, 1700)  # 10.2 MB: advised; its transposed view copied
+    out = alloc.copy(src.T, torch.float64)
+    assert out.shape == (1700, 1500) and out.dtype == torch.float64 and out.is_contiguous()
+    assert torch.equal(out, src.T.to(torch.float64))
+    assert len(calls) == 1 and calls[0][2] == 14 and calls[0][0] % (2 << 20) == 0 and calls[0][1] % (2 << 20) == 0
+    p, n = out.data_ptr(), out.numel() * out.element_size()
+    assert p <= calls[0][0] and calls[0][0] + calls[0][1] <= p + n, "FAST-12: advice outside the buffer"
+    small = alloc.empty((100, 100), torch.float32)
+    assert small.shape == (100, 100) and len(calls) == 1, "FAST-12: a small buffer was advised"
