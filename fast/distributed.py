@@ -20,7 +20,8 @@ What each phase shares (docs/spec.md, DIST):
 - Failures: an error on the rank that prunes is sent to every rank with the result (all raise it,
   naming that rank); a rank that dies makes the collectives of the others fail (gloo: the connection
   is closed) or time out (``RAC_DIST_TIMEOUT`` seconds, default 1800), and ``DistributedError`` names
-  the step; ``torchrun`` then stops every rank and prints the failing rank and its exit code.
+  the step; ``torchrun`` then stops every rank (SIGTERM, which a rank reports as a ``DistributedError``
+  naming the last collective it entered) and prints the failing rank and its exit code.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def init_from_env(device: str = "cpu") -> World:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s()))
+    if world() is not None:
+        install_sigterm_handler()
     return world()
 
 
@@ -99,8 +102,32 @@ def shard(items, w) -> list:
     return [i for i in range(len(items)) if i % w.size == w.rank]
 
 
+#: The step of the last collective this rank entered (named when torchrun stops the rank, ``_on_sigterm``).
+_LAST_STEP: list = []
+
+
+def _on_sigterm(signum, frame):
+    """torchrun ends every rank with SIGTERM as soon as one rank fails, which can reach this rank before its own
+    next collective fails: say which rank was stopped and where, as a failed collective does (DIST-4)."""
+    w = world()
+    rank = f"rank {w.rank}" if w is not None else "this rank"
+    last = f" after the collective '{_LAST_STEP[0]}'" if _LAST_STEP else " before its first collective"
+    raise DistributedError(f"{rank}: stopped by SIGTERM{last}; torchrun stops every rank when one fails: its "
+                           "summary names the failed rank")
+
+
+def install_sigterm_handler() -> None:
+    """In the main thread of a several-rank run: SIGTERM raises ``DistributedError`` (``_on_sigterm``)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def _collective(what: str, fn, *args, **kwargs):
     """Run one collective; a failure (a rank died, closed its connection or timed out) is a DistributedError."""
+    _LAST_STEP[:] = [what]
     try:
         return fn(*args, **kwargs)
     except DistributedError:

@@ -9,9 +9,11 @@ chunk of activations to a ``HessianAccumulator`` and drops it.
         acc.add(x, token_weights=pad)   # pad: bool (True = real token) or float weights >= 0
     H = acc.H                           # float32 (in, in), symmetric; acc.tokens tokens counted
 
-Cost per chunk of n tokens: one GEMM of 2 n in^2 FLOPs, bf16 matrix units for
-bf16 activations where the device has fp32-output bf16 GEMMs (PREC-1). Memory:
-H only (in^2 float32), never X.
+Cost per chunk of n tokens: the lower triangle of x^T x by column blocks of
+``SYRK_BLOCK`` (``lower_gram_``: n in^2 (1 + SYRK_BLOCK / in) FLOPs instead of a full
+GEMM's 2 n in^2; H is the lower triangle mirrored), bf16 matrix units for bf16
+activations where the device has fp32-output bf16 GEMMs (PREC-1). Memory: H only
+(in^2 float32), never X.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from rac.reference.contract.validate import as_real_tensor, check_finite
 
-from .precision import mm_fp32_out
+from .precision import full_fp32, mm_fp32_out
 
 
 class HessianAccumulator:
@@ -81,11 +83,11 @@ class HessianAccumulator:
         if x.shape[0] == 0:
             return
         if w is None:
-            self._sum += mm_fp32_out(x.T, x)
+            lower_gram_(self._sum, x, x)
         else:
             # the weight goes on one side, in float32: w_t x_t x_t^T with one rounding of w_t x_t
             x32 = x.to(torch.float32)
-            self._sum += mm_fp32_out((x32 * w.unsqueeze(1)).T, x32)
+            lower_gram_(self._sum, x32 * w.unsqueeze(1), x32)
         self.tokens += int(x.shape[0])
 
     def merge(self, other: "HessianAccumulator") -> None:
@@ -97,9 +99,34 @@ class HessianAccumulator:
 
     @property
     def H(self) -> torch.Tensor:
-        """The float32 sum H, symmetrised ((H + H^T) / 2: a GEMM's two triangles can round differently)."""
-        check_finite(self._sum, "H (accumulated activations contained NaN or Inf)")
-        return (self._sum + self._sum.T) / 2
+        """The float32 sum H: the accumulated lower triangle, mirrored (exactly symmetric)."""
+        lower = self._sum.tril()
+        check_finite(lower, "H (accumulated activations contained NaN or Inf)")
+        return lower + lower.tril(-1).T
+
+
+#: Column block of ``lower_gram_`` (measured in docs/benchmarks.md, "Phase II").
+SYRK_BLOCK = 512
+
+
+def lower_gram_(S: torch.Tensor, a: torch.Tensor, b: torch.Tensor, block: int = SYRK_BLOCK) -> None:
+    """S += a^T b on and below the diagonal blocks, in place (a, b: [tokens, in]; a = b, or a = w * b).
+
+    A symmetric rank-k update as torch has none (no syrk): column block [j0, j1) of the lower
+    triangle is one GEMM, S[j0:, j0:j1] += a[:, j0:]^T b[:, j0:j1], so the blocks above the diagonal
+    are never computed: in^2 tokens (1 + block / in) FLOPs instead of 2 in^2 tokens. Entries above the
+    diagonal inside a diagonal block are computed too and not read (``HessianAccumulator.H``
+    mirrors the strict lower triangle). Each entry is the same dot product over the tokens as in a
+    full GEMM, so H's lower triangle is the full product's up to the GEMM's own blocking.
+    """
+    n = S.shape[0]
+    for j0 in range(0, n, block):
+        j1 = min(j0 + block, n)
+        if S.dtype == torch.float32 and a.dtype == torch.float32 and b.dtype == torch.float32:
+            with full_fp32():  # PREC: float32 products at full precision (no TF32)
+                S[j0:, j0:j1].addmm_(a[:, j0:].T, b[:, j0:j1])  # in place: no (in - j0) x block temporary
+        else:
+            S[j0:, j0:j1] += mm_fp32_out(a[:, j0:].T, b[:, j0:j1])
 
 
 def hessian(X, weights=None) -> torch.Tensor:

@@ -269,3 +269,28 @@ if __name__ == "__main__":
         _worker(sys.argv[2])
     elif sys.argv[1] == "bench":
         _bench(int(sys.argv[2]), sys.argv[3])
+
+
+_SIGTERM_SCRIPT = """
+import os, signal, time
+from rac.fast import distributed
+distributed.install_sigterm_handler()
+distributed._collective("Phase II H terms, block 1", lambda: None)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(5)
+print("not stopped")
+"""
+
+
+@req("DIST-4")
+def test_dist_4_a_rank_stopped_by_torchrun_names_its_last_collective(fast, tmp_path):
+    """DIST-4: torchrun ends the other ranks with SIGTERM when one fails, which can arrive before their own next
+    collective fails; the stopped rank still says what it was doing (the last collective it entered)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_SCRIPT], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=60)
+    assert proc.returncode != 0 and "not stopped" not in proc.stdout
+    assert "DistributedError: this rank: stopped by SIGTERM after the collective 'Phase II H terms, block 1'" in \
+        proc.stderr, proc.stderr[-2000:]

@@ -162,11 +162,13 @@ def _sweep_error(layer, W_fast, mask_fast, W_ref, mask_ref, pattern, sparsity, b
 @req("FAST-3")
 @FEW
 @given(layer=layers(in_multiple=4, max_in=36), sparsity=sparsities, nm=st.booleans(),
-       blocksize=st.sampled_from([1, 3, 4, 8, 128]), panel=st.sampled_from([1, 4, 5, 8, 128]))
-def test_fast_3_left_looking_sweep_is_the_reference_sweep(fast, measure, layer, sparsity, nm, blocksize, panel):
+       blocksize=st.sampled_from([1, 3, 4, 8, 128]), panel=st.sampled_from([1, 4, 5, 8, 128]),
+       outer=st.sampled_from([1, 8, 12, 512]))
+def test_fast_3_left_looking_sweep_is_the_reference_sweep(fast, measure, layer, sparsity, nm, blocksize, panel,
+                                                          outer):
     """FAST-3: the sweep the pruner runs (left-looking: each panel owed its updates through F = R[:A, A:B] U_AB,
-    no whole U) is the reference sweep: in float64, F from the same damped H, any panel width gives the
-    reference's mask and its weights to float64 rounding."""
+    no whole U) is the reference sweep: in float64, F from the same damped H, any panel width and any grouping
+    of panels into outer blocks gives the reference's mask and its weights to float64 rounding."""
     from rac.fast.factor import left_panel_factor
     from rac.fast.sparsegpt import left_panels, sparsegpt_sweep_left
     from rac.reference.sparsegpt import dead_inputs, factor_with_recovery
@@ -179,7 +181,7 @@ def test_fast_3_left_looking_sweep_is_the_reference_sweep(fast, measure, layer, 
     bounds = left_panels(layer.W.shape[1], pattern, blocksize, panel)
     F, used = left_panel_factor(layer.H, 0.01, "raise", bounds, out_dtype=torch.float64)
     assert used == 0.01
-    W_fast, mask_fast = sparsegpt_sweep_left(layer.W, F, bounds, dead, pattern, sparsity, blocksize)
+    W_fast, mask_fast = sparsegpt_sweep_left(layer.W, F, bounds, dead, pattern, sparsity, blocksize, outer=outer)
     assert W_fast.dtype == torch.float64
     # F's blocks are U's (and R U_AB) computed another way: float64 rounding amplified by cond(U) as above
     err, rtol = _sweep_error(layer, W_fast, mask_fast, W_ref, mask_ref, pattern, sparsity, blocksize)
