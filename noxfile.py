@@ -66,12 +66,14 @@ def conformance(session):
 
 @nox.session
 def bench(session):
-    """rac.fast vs rac.reference through the interleaved harness, and the model benchmarks; not a default session.
+    """rac.fast vs rac.reference and vs the bounds through the interleaved harness, and the model benchmarks;
+    not a default session.
 
-    Saves docs/bench/compare-layer-cpu-<UTC time>.json (conformance/benchmarks/bench_compare.py: every
-    case at 1 and 2 threads, implementations interleaved round by round, bounds from bounds.py) and
-    model-cpu-<UTC time>.json (bench_model.py); summarise with `python conformance/benchmarks/summarise.py
-    <json>`. Options go to bench_compare.py, e.g. `nox -s bench -- --sizes 1024 --threads 1`.
+    Saves docs/bench/compare-{layer,phase1,phase2}-cpu-<UTC time>.json (conformance/benchmarks/
+    bench_compare.py: every case at 1 and 2 threads, implementations interleaved round by round,
+    bounds from bounds.py) and model-cpu-<UTC time>.json (bench_model.py: Phase II on the fixture,
+    memory); summarise with `python conformance/benchmarks/summarise.py <json>`. Options go to the
+    layer comparison, e.g. `nox -s bench -- --sizes 1024 --threads 1`.
     """
     import datetime
 
@@ -79,6 +81,9 @@ def bench(session):
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%MZ")
     session.run("python", "conformance/benchmarks/bench_compare.py", "layer",
                 f"--out=docs/bench/compare-layer-cpu-{stamp}.json", *session.posargs)
+    for kind in ("phase1", "phase2"):
+        session.run("python", "conformance/benchmarks/bench_compare.py", kind,
+                    f"--out=docs/bench/compare-{kind}-cpu-{stamp}.json")
     session.run("pytest", "conformance/benchmarks/bench_model.py", "--benchmark-only", "-p", "no:cacheprovider",
                 "--report-dir=", "--test-timeout=0", f"--benchmark-json=docs/bench/model-cpu-{stamp}.json")
 

@@ -1,7 +1,9 @@
-"""Layer pruners compared through the one harness (harness.py): rac.fast, rac.reference, llm-compressor.
+"""Every comparison through the one harness (harness.py): layers, Phase I, Phase II.
 
     python conformance/benchmarks/bench_compare.py layer          # nox -s bench: fast vs reference
     python conformance/benchmarks/bench_compare.py llmcompressor  # nox -s bench_llmcompressor: fast vs llm-compressor
+    python conformance/benchmarks/bench_compare.py phase1         # nox -s bench: Phase I, fast vs reference
+    python conformance/benchmarks/bench_compare.py phase2         # nox -s bench: Phase II vs its bound
     python conformance/benchmarks/bench_compare.py layer --quick  # 64 x 64, 1 round, 1 thread (CI, via a test)
 
 Each case (size, method, setting) runs at every thread count of ``--threads`` (default 1,2), its
@@ -104,15 +106,18 @@ def run_case(size: int, method: str, setting: str, impls: dict, threads: int, ro
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("kind", choices=["layer", "llmcompressor"])
+    p.add_argument("kind", choices=["layer", "llmcompressor", "phase1", "phase2"])
     p.add_argument("--sizes", default=None)
     p.add_argument("--methods", default=None)
     p.add_argument("--settings", default="unstructured,2:4")
     p.add_argument("--threads", default="1,2")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds per case: default 3 (layers), 5 (phase1), 1 (phase2)")
     p.add_argument("--quick", action="store_true", help="64 x 64, 1 round, 1 thread: the harness runs, untimed")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.kind in ("phase1", "phase2"):
+        return phases(args, argv)
     if args.kind == "layer":
         from rac.reference.contract import registry
 
@@ -124,7 +129,7 @@ def main(argv=None) -> int:
         methods = args.methods.split(",") if args.methods else ["sparsegpt", "wanda"]
         sizes = args.sizes or "1024,4096"
     threads = [int(t) for t in args.threads.split(",")]
-    rounds = args.rounds
+    rounds = args.rounds or 3
     if args.quick:
         sizes, threads, rounds = "64", [1], 1
     impls = implementations(names)
@@ -142,6 +147,29 @@ def main(argv=None) -> int:
                     if args.out:  # after every case: a run stopped early keeps what it measured
                         with open(args.out, "w") as f:
                             json.dump(report, f, indent=1)
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def phases(args, argv) -> int:
+    """Phase I (fast vs reference on the qwen3 fixture, ``--rounds`` rounds) or Phase II (fast vs its bound on the
+    Llama shape, one round unless ``--rounds`` says more) at every thread count of ``--threads``."""
+    import cases_phase1
+    import cases_phase2
+
+    module = cases_phase1 if args.kind == "phase1" else cases_phase2
+    threads = [1] if args.quick else [int(t) for t in args.threads.split(",")]
+    rounds = 1 if args.quick else (args.rounds or (5 if args.kind == "phase1" else 1))
+    report = {"kind": args.kind, **harness.machine(), "command": " ".join([os.path.basename(sys.argv[0])] +
+                                                                           (argv or sys.argv[1:])), "cases": []}
+    for t in threads:
+        case = module.run_case(t, rounds, args.quick)
+        report["cases"].append(case)
+        print(module.summary(case), flush=True)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(report, f, indent=1)
     if args.out:
         print(f"wrote {args.out}")
     return 0

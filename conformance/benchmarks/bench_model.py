@@ -1,19 +1,15 @@
-"""Model-level benchmarks: Phase I and Phase II, rac.fast against rac.reference and against lower bounds.
+"""Model-level benchmarks that are not comparisons between implementations: Phase II on the fixture, and
+Phase II's peak memory against N.
 
-    nox -s bench                                               # with the layer benchmarks, JSON under docs/bench/
+    nox -s bench                                               # with the harness cases, JSON under docs/bench/
     pytest conformance/benchmarks/bench_model.py --benchmark-json=out.json
     RAC_BENCH_QUICK=1 pytest conformance/benchmarks/bench_model.py --benchmark-disable    # tiny shapes, seconds
 
-Cases (each stores what it is measured against in ``extra_info``):
+Phase I (fast against the reference) and Phase II at the Llama shape (against its bound) run through
+the interleaved harness instead: ``bench_compare.py phase1`` / ``phase2`` (cases_phase1.py,
+cases_phase2.py). Cases here (each stores what it is measured against in ``extra_info``):
 
-- ``test_phase1_fixture[impl]``: 16 greedy traces of 64 tokens on the qwen3 fixture: generated
-  tokens per second, reference (one token per forward) against fast (batched, KV cache).
-- ``test_phase2_fixture[impl]``: SparseGPT 50 % of the qwen3 fixture on those traces.
-- ``test_phase2_shape``: Phase II (Hessians + SparseGPT 50 % + sequential propagation) of a
-  random Llama-shaped model, 1024 hidden, 2816 FFN, 4 blocks, on 64k calibration tokens (the
-  design's CPU target: within 3x of its GEMM-bound lower bound). Lower bound = (Hessian FLOPs
-  2 N sum(in^2) + forward FLOPs of two passes per block + the SparseGPT sweeps 2 out in^2)
-  over the float32 GEMM rate measured in the same run on the same device.
+- ``test_phase2_fixture[impl]``: SparseGPT 50 % of the qwen3 fixture on 16 traces of 64 tokens.
 - ``test_phase2_memory[N]``: peak resident memory of a fresh process that runs Phase II at
   N = 10k and 200k tokens with the same model (256 hidden): the block-input store grows with N
   (N x hidden x 4 bytes, reported), the rest must not (``working_bytes`` = peak - baseline -
@@ -41,8 +37,6 @@ if os.environ.get("RAC_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["RAC_BENCH_THREADS"]))
 warnings.filterwarnings("ignore", category=UserWarning, module="rac.fast.compress")
 
-#: (hidden, intermediate, blocks, tokens) of test_phase2_shape
-SHAPE = (64, 176, 2, 2048) if QUICK else (1024, 2816, 4, 65536)
 #: token counts of test_phase2_memory, and the model width there
 MEMORY_TOKENS = (1024, 8192) if QUICK else (10_000, 200_000)
 MEMORY_SHAPE = (64, 176, 2) if QUICK else (256, 704, 2)
@@ -55,44 +49,22 @@ def sync():
 
 
 def random_model(hidden: int, intermediate: int, blocks: int, seed: int = 0):
-    """A random LlamaForCausalLM (head dim 64, 4x fewer KV heads than heads where possible), float32, eval."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    heads = max(1, hidden // 64)
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=blocks,
-                         num_attention_heads=heads, num_key_value_heads=max(1, heads // 4), vocab_size=640,
-                         max_position_embeddings=4096, pad_token_id=2, bos_token_id=0, eos_token_id=1)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    """cases_phase2.random_model: a random LlamaForCausalLM, float32, eval (one definition for every benchmark)."""
+    return _cases_phase2().random_model(hidden, intermediate, blocks, seed)
 
 
 def random_calibration(tokens: int, seq_len: int = SEQ_LEN, seed: int = 0):
-    """tokens // seq_len sequences of random ids, the first quarter of each labelled prompt, the rest decode."""
-    from rac.reference import LABELS, CalibrationSet
-
-    g = torch.Generator().manual_seed(seed)
-    n = max(1, tokens // seq_len)
-    seqs = [torch.randint(3, 640, (seq_len,), generator=g) for _ in range(n)]
-    labels = []
-    for _ in range(n):
-        lab = torch.full((seq_len,), LABELS.index("decode"), dtype=torch.long)
-        lab[: seq_len // 4] = LABELS.index("prompt")
-        labels.append(lab)
-    return CalibrationSet(seqs, labels, {"mode": "synthetic"})
+    """cases_phase2.random_calibration: random ids, the first quarter of each sequence labelled prompt."""
+    return _cases_phase2().random_calibration(tokens, seq_len, seed)
 
 
-def gemm_rate(m: int, k: int, n: int, rounds: int = 5) -> float:
-    """Float32 FLOP/s of an (m x k) @ (k x n) product on DEVICE, best of ``rounds``."""
-    a = torch.randn(m, k, device=DEVICE)
-    b = torch.randn(k, n, device=DEVICE)
-    best = float("inf")
-    for _ in range(rounds):
-        sync()
-        t = time.perf_counter()
-        a @ b
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return 2 * m * k * n / best
+def _cases_phase2():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        import cases_phase2
+    finally:
+        sys.path.pop(0)
+    return cases_phase2
 
 
 def phase2_flops(model, tokens: int, seq_len: int) -> dict:
@@ -122,28 +94,6 @@ def fixture_calibration():
     return _FIXTURE["calib"]
 
 
-@pytest.mark.benchmark(group="phase1-fixture")
-@pytest.mark.parametrize("impl", ["reference", "fast"])
-def test_phase1_fixture(benchmark, impl):
-    import importlib
-
-    from rac.conformance.checking.fixture_models import fresh, problems, tokenizer
-
-    collect = importlib.import_module(f"rac.{impl}").collect_calibration
-    model, tok = fresh("qwen3"), tokenizer("qwen3")
-    prompts = list(problems(4 if QUICK else 16))
-    new = 8 if QUICK else 64
-    result = benchmark.pedantic(lambda: collect(model, tok, prompts, mode="rac", max_new_tokens=new),
-                                rounds=1 if QUICK else 3)
-    benchmark.extra_info.update(
-        generated_tokens=result.count("decode"),
-        prompts=len(prompts),
-        device=str(DEVICE),
-        threads=torch.get_num_threads(),
-        load=os.getloadavg()[0],
-    )
-
-
 @pytest.mark.benchmark(group="phase2-fixture")
 @pytest.mark.parametrize("impl", ["reference", "fast"])
 def test_phase2_fixture(benchmark, impl):
@@ -158,43 +108,6 @@ def test_phase2_fixture(benchmark, impl):
     )
     benchmark.extra_info.update(
         tokens=calib.num_tokens, device=str(DEVICE), threads=torch.get_num_threads(), load=os.getloadavg()[0]
-    )
-
-
-# --------------------------------------------------------------------------- Phase II at a real width
-
-
-@pytest.mark.benchmark(group="phase2-shape")
-def test_phase2_shape(benchmark):
-    from rac.fast import compress
-
-    hidden, inter, blocks, tokens = SHAPE
-    model = random_model(hidden, inter, blocks).to(DEVICE)
-    calib = random_calibration(tokens)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-
-    def run():
-        model.load_state_dict(state)
-        sync()
-        compress(model, calib, method="sparsegpt", sparsity=0.5, device=DEVICE, batch_size=16, chunk_tokens=8192)
-        sync()
-
-    # the machine is shared: the GEMM rate is measured before and after the run and the best is the
-    # bound's rate (a rate measured under a passing load would make the bound too lenient)
-    rates = [gemm_rate(8192, hidden, inter), gemm_rate(hidden, 8192, hidden)]
-    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
-    rates += [gemm_rate(8192, hidden, inter), gemm_rate(hidden, 8192, hidden)]
-    flops = phase2_flops(model, calib.num_tokens, SEQ_LEN)
-    rate = max(rates)
-    lower = sum(flops.values()) / rate
-    benchmark.extra_info.update(
-        shape=dict(hidden=hidden, intermediate=inter, blocks=blocks, tokens=calib.num_tokens),
-        flops=flops,
-        gemm_flops_per_s=rate,
-        lower_bound_s=lower,
-        device=str(DEVICE),
-        threads=torch.get_num_threads(),
-        load=os.getloadavg()[0],
     )
 
 

@@ -113,10 +113,13 @@ def compare_table(cases: list) -> list:
                 fs = [s["seconds"] for s in c["samples"] if s["impl"] == "fast"]
                 rs = [a / b for a, b in zip(ts, fs)]
                 ratio = f"{min(rs):.2f} / {_med(rs):.2f} / {max(rs):.2f}x"
+            bound = c.get("bound", {}).get("seconds")
+            objective = c.get("objective_relative", {}).get(impl)
             lines.append(
                 f"| {c['name']} | {c['threads']} | {impl} | {_fmt(min(ts))} | {_fmt(_med(ts))} | "
-                f"{_fmt(min(ts))}-{_fmt(max(ts))} | {min(ts) / c['bound']['seconds']:.2f} | {ratio} | "
-                f"{c['objective_relative'][impl]:.6g} | {min(load):.1f}-{max(load):.1f} |"
+                f"{_fmt(min(ts))}-{_fmt(max(ts))} | {f'{min(ts) / bound:.2f}' if bound else ''} | {ratio} | "
+                f"{'' if objective is None or objective != objective else f'{objective:.6g}'} | "
+                f"{min(load):.1f}-{max(load):.1f} |"
             )
     return lines
 
@@ -126,6 +129,8 @@ def compare_bounds(cases: list) -> list:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in cases:
         b, a = c["rates_before"], c["rates_after"]
+        if "bound" not in c:
+            continue
         lines.append(
             f"| {c['name']} | {c['threads']} | {b['gemm_float32'] / 1e9:.1f} / {a['gemm_float32'] / 1e9:.1f} | "
             f"{c['rates']['gemm_float64'] / 1e9:.1f} | {c['rates']['copy_bytes_per_s'] / 1e9:.2f} | "
@@ -154,6 +159,39 @@ def targets_table(cases: list, speedup: float = 2.0, of_bound: float = 1.5) -> l
     return lines
 
 
+def phase1_table(cases: list, target: float = 10.0) -> list:
+    """Phase I: tokens per second of each side, the reference's time over rac.fast's per round, same traces."""
+    lines = ["| case | threads | fast tok/s (best) | reference tok/s (best) | reference time / fast time, per round "
+             f"(min / median / max) | {target:g}x held? | traces equal | load |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in cases:
+        rs = c["ratio_rounds"]
+        load = [s["loadavg_1min"] for s in c["samples"]]
+        held = "yes" if min(rs) >= target else ("in some rounds" if max(rs) >= target else "no")
+        lines.append(f"| {c['name']} | {c['threads']} | {c['tokens_per_s']['fast']:.0f} | "
+                     f"{c['tokens_per_s']['reference']:.0f} | {min(rs):.2f} / {_med(rs):.2f} / {max(rs):.2f}x | "
+                     f"{held} | {c['traces_equal']} | {min(load):.1f}-{max(load):.1f} |")
+    return lines
+
+
+def phase2_table(cases: list, of_bound: float = 1.5) -> list:
+    """Phase II: rac.fast's time against the bound, and the bound by part (seconds at the case's GEMM rate)."""
+    lines = ["| case | threads | fast best (s) | bound (s) | x bound | "
+             f"{of_bound:g}x held? | bound by part (s): Hessians / factor / sweeps / forward | GEMM fp32 GFLOP/s "
+             "| load |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in cases:
+        ts = [s["seconds"] for s in c["samples"] if s["impl"] == "fast"]
+        load = [s["loadavg_1min"] for s in c["samples"]]
+        rate = c["rates"]["gemm_float32"]
+        parts = " / ".join(_fmt(c["flops"][k] / rate) for k in ("hessian", "factor", "sweep", "forward"))
+        xb = min(ts) / c["bound"]["seconds"]
+        lines.append(f"| {c['name']} | {c['threads']} | {_fmt(min(ts))} | {_fmt(c['bound']['seconds'])} | "
+                     f"{xb:.2f}x | {'yes' if xb <= of_bound else 'no'} | {parts} | {rate / 1e9:.1f} | "
+                     f"{min(load):.1f}-{max(load):.1f} |")
+    return lines
+
+
 def main(paths) -> None:
     """One block per file; with several files, also one merged layer table (a later file's case replaces an
     earlier file's, and the "run" column names the file)."""
@@ -167,6 +205,10 @@ def main(paths) -> None:
             print("\n".join(compare_bounds(data["cases"])), "\n")
             if data.get("kind") == "llmcompressor":
                 print("\n".join(targets_table([c for c in data["cases"] if c["method"] == "sparsegpt"])), "\n")
+            if data.get("kind") == "phase1":
+                print("\n".join(phase1_table(data["cases"])), "\n")
+            if data.get("kind") == "phase2":
+                print("\n".join(phase2_table(data["cases"])), "\n")
             continue
         bench = data["benchmarks"]
         print(f"run {i}: " + header(data, path), "\n")

@@ -1,6 +1,6 @@
 """The benchmarks run in every CI run, at small shapes with timing disabled, so they cannot rot.
 
-Runs ``bench_compare.py --quick`` (the interleaved harness), ``bench_layer.py`` (64 x 64)
+Runs ``bench_compare.py --quick`` (the interleaved harness: layers, Phase I, Phase II), ``bench_layer.py`` (64 x 64)
 and ``bench_model.py`` (a 2-block, 64-wide model) in a fresh pytest process exactly as
 ``nox -s bench`` does (same files, same
 fixtures, same extra_info bookkeeping), with ``RAC_BENCH_QUICK=1`` and ``--benchmark-disable``
@@ -57,6 +57,35 @@ def test_compare_harness_runs_interleaved_in_quick_mode(fast, tmp_path):
     summary = subprocess.run([sys.executable, str(HERE / "summarise.py"), str(out)], capture_output=True, text=True)
     assert summary.returncode == 0, summary.stderr[-2000:]
     assert "| sparsegpt 2:4 64x64 | 1 | reference |" in summary.stdout, summary.stdout[-2000:]
+
+
+def test_phase_cases_run_through_the_harness_in_quick_mode(fast, tmp_path):
+    """bench_compare.py phase1 / phase2 --quick write the harness JSON and summarise.py makes their tables: Phase I
+    with both implementations in one round and the same traces; Phase II with its bound taken from bounds.py at
+    the case's measured GEMM rate, and every linear of the model pruned."""
+    import json
+
+    for kind in ("phase1", "phase2"):
+        out = tmp_path / f"{kind}.json"
+        proc = subprocess.run([sys.executable, str(HERE / "bench_compare.py"), kind, "--quick", "--out", str(out)],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        report = json.loads(out.read_text())
+        assert report["kind"] == kind and report["commit"] and len(report["cases"]) == 1
+        case = report["cases"][0]
+        assert case["threads"] == 1 and case["rounds"] == 1
+        if kind == "phase1":
+            assert [s["impl"] for s in case["samples"]] == ["fast", "reference"] and case["traces_equal"] is True
+        else:
+            assert [s["impl"] for s in case["samples"]] == ["fast"]
+            flops = case["flops"]
+            assert set(flops) == {"hessian", "factor", "sweep", "forward"} and all(v > 0 for v in flops.values())
+            assert math.isclose(case["bound"]["seconds"], sum(flops.values()) / case["rates"]["gemm_float32"])
+            assert case["layers"] == 7 * case["blocks"] and case["sparsity_min_max"][0] >= 0.5
+        summary = subprocess.run([sys.executable, str(HERE / "summarise.py"), str(out)], capture_output=True,
+                                 text=True)
+        assert summary.returncode == 0, summary.stderr[-2000:]
+        assert ("10x held?" if kind == "phase1" else "1.5x held?") in summary.stdout, summary.stdout[-2000:]
 
 
 def test_bounds_match_a_count_by_hand():
