@@ -18,6 +18,7 @@ import torch
 from rac.reference.calibration_set import LABELS
 from rac.reference.compress import InputGroups, calibration_weighted, nonfinite_input_message, run_block
 
+from . import alloc
 from .hessian import HessianAccumulator
 
 
@@ -127,6 +128,7 @@ class StreamedBlockHessians:
         self.acc: dict = {}  # (leader, label code) -> HessianAccumulator
         self._labels = None
         self._weights = None
+        self._gather: dict = {}  # (width, dtype, device) -> reused buffer of ``_rows_of``
 
     @property
     def group_of(self) -> dict:
@@ -159,9 +161,23 @@ class StreamedBlockHessians:
                 self.acc[leader, code] = HessianAccumulator(x.shape[-1], device=self.device)
             rows = self._labels == code
             if self._weights is None:
-                self.acc[leader, code].add(x[rows])
+                self.acc[leader, code].add(self._rows_of(x, rows))
             else:  # sum_t w_t x_t x_t^T (VAR-1); weight-0 tokens are dropped by the accumulator
                 self.acc[leader, code].add(x[rows], token_weights=self._weights[rows])
+
+    def _rows_of(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """x[rows] (tokens x in) gathered into one buffer per width and dtype, reused for every chunk and source
+        of the block: x[rows] allocated a fresh (tokens x in) tensor per source and chunk, and fresh memory
+        page-faults on its first write (about half of the gather's time at 8,192 x 2,816 on this CPU)."""
+        x2 = x.reshape(-1, x.shape[-1])
+        index = rows.reshape(-1).nonzero().squeeze(1)
+        key = (x2.shape[1], x2.dtype, x2.device)
+        buf = self._gather.get(key)
+        if buf is None or buf.shape[0] < index.numel():
+            buf = self._gather[key] = alloc.empty((x2.shape[0], x2.shape[1]), x2.dtype, x2.device)
+        out = buf[: index.numel()]
+        torch.index_select(x2, 0, index, out=out)
+        return out
 
     def by_source(self, leader: str) -> dict:
         """{label: float32 H} of a group; FloatingPointError naming block and module if any is not finite."""

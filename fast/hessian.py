@@ -106,7 +106,7 @@ class HessianAccumulator:
 
 
 #: Column block of ``lower_gram_`` (measured in docs/benchmarks.md, "Phase II").
-SYRK_BLOCK = 512
+SYRK_BLOCK = 256
 
 
 def lower_gram_(S: torch.Tensor, a: torch.Tensor, b: torch.Tensor, block: int = SYRK_BLOCK) -> None:
