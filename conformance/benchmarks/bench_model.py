@@ -67,15 +67,16 @@ def _cases_phase2():
     return cases_phase2
 
 
-def phase2_flops(model, tokens: int, seq_len: int) -> dict:
+def phase2_flops(model, tokens: int, seq_len: int, propagation: str = "sequential") -> dict:
     """Phase II's minimum by part: bounds.phase2_flops (Hessians as symmetric rank-N updates, N in^2; the
-    Cholesky once per distinct input, in^3 / 3; the sweeps out in^2; two forward passes)."""
+    Cholesky once per distinct input, in^3 / 3; the sweeps out in^2; two forward passes per block, one for
+    the last)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     try:
         import bounds
     finally:
         sys.path.pop(0)
-    return bounds.phase2_flops(model, tokens, seq_len)
+    return bounds.phase2_flops(model, tokens, seq_len, propagation)
 
 
 # --------------------------------------------------------------------------- Phase I and II on the fixture

@@ -17,8 +17,11 @@ bandwidth measured the same way; the larger of the two. FLOP counts (one multipl
 - Phase II of a decoder (one block after another): per block the Hessian of each distinct linear
   input (q/k/v share one, gate/up share one), the SparseGPT minimum of each linear (the Cholesky
   once per distinct input, the sweep out n^2 per linear), and the block's forward pass over the N
-  calibration tokens twice (2 N per weight each, plus causal attention: QK^T and AV over the causal
-  half, 2 N T d per pass).
+  calibration tokens (2 N per weight, plus causal attention: QK^T and AV over the causal half,
+  2 N T d per pass): twice with sequential propagation (the dense pass for the Hessians, the pruned
+  pass for the next block's inputs), except the last block, whose outputs nothing reads (one pass);
+  once per block with dense propagation (the Hessians' pass is the propagation). Until 2026-12-02
+  the bound charged two passes to the last block too: a pass no implementation needs.
 
 Nothing here is measured; ``test_bench_quick.py`` checks each formula against a count by hand.
 """
@@ -64,18 +67,20 @@ def block_linears(block) -> list:
     return rows
 
 
-def phase2_flops(model, tokens: int, seq_len: int) -> dict:
+def phase2_flops(model, tokens: int, seq_len: int, propagation: str = "sequential") -> dict:
     """Phase II's minimum by part: hessian, factor (Cholesky per distinct input), sweep, forward (module docstring)."""
     from rac.reference.contract.models import decoder_blocks
 
     parts = {"hessian": 0.0, "factor": 0.0, "sweep": 0.0, "forward": 0.0}
-    for block in decoder_blocks(model):
+    blocks = decoder_blocks(model)
+    for index, block in enumerate(blocks):
+        passes = 2 if propagation == "sequential" and index < len(blocks) - 1 else 1
         inputs = {}
         for group, n, out in block_linears(block):
             inputs[group] = n
             parts["sweep"] += sparsegpt_flops(out, n)["sweep"]
-            parts["forward"] += 2 * 2 * tokens * n * out
+            parts["forward"] += passes * 2 * tokens * n * out
         parts["hessian"] += sum(hessian_flops(tokens, n) for n in inputs.values())
         parts["factor"] += sum(n**3 / 3 for n in inputs.values())
-        parts["forward"] += 2 * 2 * tokens * seq_len * model.config.hidden_size  # QK^T and AV, causal half, x2
+        parts["forward"] += passes * 2 * tokens * seq_len * model.config.hidden_size  # QK^T and AV, causal half
     return parts

@@ -9,7 +9,7 @@ sequences of 512, a quarter of each labelled prompt), SparseGPT 50 % of every li
 sequential propagation (``rac.fast.compress``, batch 16 sequences, 8,192-token chunks). The
 reference is not run at this size (float64 Hessians of every token held at once: hours). The bound
 is ``bounds.phase2_flops`` (Hessians as symmetric rank-N updates, one Cholesky per distinct input,
-the sweeps, two forward passes per block) at the best float32 GEMM rate measured around the round.
+the sweeps, two forward passes per block and one for the last) at the best float32 GEMM rate measured around the round.
 Every round restores the dense weights first (not timed).
 """
 

@@ -129,5 +129,8 @@ def test_phase2_flop_count_matches_a_count_by_hand(fast):
     # one Cholesky per distinct input; n^3 / 3 is not an integer, so the float sum of 112 terms
     # rounds: 112 additions of relative error <= 2^-53 each, 1e-13 is above that
     assert math.isclose(flops["factor"], L * (3 * d**3 + f**3) / 3, rel_tol=1e-13)
-    assert flops["forward"] == L * (2 * 2 * N * sum(i * o for i, o in linears) + 2 * 2 * N * T * d)
+    # two passes per block (dense for H, pruned for the next block's inputs), one for the last block
+    assert flops["forward"] == (2 * L - 1) * (2 * N * sum(i * o for i, o in linears) + 2 * N * T * d)
+    dense = phase2_flops(meta_model("7B"), N, T, propagation="dense")
+    assert dense["forward"] == L * (2 * N * sum(i * o for i, o in linears) + 2 * N * T * d)
     assert flops["sweep"] == L * sum(o * i * (i - 1) for i, o in linears)
