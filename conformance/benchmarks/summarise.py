@@ -202,7 +202,9 @@ def main(paths) -> None:
         if "cases" in data:
             print(f"run {i}: " + compare_header(data, path), "\n")
             print("\n".join(compare_table(data["cases"])), "\n")
-            print("\n".join(compare_bounds(data["cases"])), "\n")
+            bounds_table = compare_bounds(data["cases"])
+            if len(bounds_table) > 2:
+                print("\n".join(bounds_table), "\n")
             if data.get("kind") == "llmcompressor":
                 print("\n".join(targets_table([c for c in data["cases"] if c["method"] == "sparsegpt"])), "\n")
             if data.get("kind") == "phase1":
