@@ -1,10 +1,10 @@
 """Phase I on the qwen3 fixture through the one harness (harness.py): rac.fast against rac.reference.
 
-    python conformance/benchmarks/cases_phase1.py                 # 1 thread, 5 rounds
-    python conformance/benchmarks/cases_phase1.py --threads 1,2 --rounds 7 --out phase1.json
-    python conformance/benchmarks/cases_phase1.py --quick         # 4 prompts, 8 tokens, 1 round
+    python conformance/benchmarks/bench_compare.py phase1 --threads 1     # 1 thread, 5 rounds
+    python conformance/benchmarks/bench_compare.py phase1 --threads 1,2 --rounds 7 --out phase1.json
+    python conformance/benchmarks/bench_compare.py phase1 --quick         # 4 prompts, 8 tokens, 1 round
 
-The case is bench_model.py's ``test_phase1_fixture``: the first 16 fixture problems, mode "rac",
+The case (formerly bench_model.py's ``test_phase1_fixture``): the first 16 fixture problems, mode "rac",
 64 greedy tokens each, ``batch_size`` left at the library default ("auto"), one model shared by
 both implementations (neither changes it). rac.fast decodes the prompts in batches with a KV
 cache; the reference one prompt, one token, one forward at a time. ``run_case`` returns the
@@ -15,8 +15,6 @@ whether the two implementations' calibration sets are the same (token ids, label
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
@@ -90,30 +88,3 @@ def summary(case: dict) -> str:
         f"per round min {min(r):.2f} median {statistics.median(r):.2f} max {max(r):.2f}; "
         f"traces equal {case['traces_equal']}; load {min(loads):.2f}-{max(loads):.2f}"
     )
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", default="1")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--quick", action="store_true", help="4 prompts, 8 tokens, 1 round, 1 thread: runs, untimed")
-    p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
-    threads = [1] if args.quick else [int(t) for t in args.threads.split(",")]
-    rounds = 1 if args.quick else args.rounds
-    report = {"kind": "phase1", **harness.machine(),
-              "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])), "cases": []}
-    for t in threads:
-        case = run_case(t, rounds, args.quick)
-        report["cases"].append(case)
-        print(summary(case), flush=True)
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(report, f, indent=1)
-    if args.out:
-        print(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

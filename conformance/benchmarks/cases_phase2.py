@@ -1,9 +1,9 @@
 """Phase II at a real width through the one harness (harness.py): rac.fast against the problem's bound.
 
-    python conformance/benchmarks/cases_phase2.py --out phase2.json   # 1 and 2 threads, 1 round each
-    python conformance/benchmarks/cases_phase2.py --quick             # 64 hidden, 2 blocks, 2,048 tokens
+    python conformance/benchmarks/bench_compare.py phase2 --out phase2.json   # 1 and 2 threads, 1 round each
+    python conformance/benchmarks/bench_compare.py phase2 --quick             # 64 hidden, 2 blocks, 2,048 tokens
 
-The case is bench_model.py's ``test_phase2_shape``: a random LlamaForCausalLM (1024 hidden, 2816
+The case (formerly bench_model.py's ``test_phase2_shape``): a random LlamaForCausalLM (1024 hidden, 2816
 FFN, 4 blocks, 16 heads and 4 KV heads of 64, fixed seed) and 65,536 calibration tokens (128
 sequences of 512, a quarter of each labelled prompt), SparseGPT 50 % of every linear with
 sequential propagation (``rac.fast.compress``, batch 16 sequences, 8,192-token chunks). The
@@ -15,8 +15,6 @@ Every round restores the dense weights first (not timed).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
@@ -101,29 +99,3 @@ def summary(case: dict) -> str:
     return (f"{case['name']} threads={case['threads']}: fast best {min(ts):.4g} s, bound "
             f"{case['bound']['seconds']:.4g} s ({min(ts) / case['bound']['seconds']:.2f}x), GEMM "
             f"{case['rates']['gemm_float32'] / 1e9:.1f} GFLOP/s, load {min(loads):.2f}-{max(loads):.2f}")
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="64 hidden, 2 blocks, 2,048 tokens, 1 thread: runs, untimed")
-    p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
-    threads = [1] if args.quick else [int(t) for t in args.threads.split(",")]
-    report = {"kind": "phase2", **harness.machine(),
-              "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])), "cases": []}
-    for t in threads:
-        case = run_case(t, 1 if args.quick else args.rounds, args.quick)
-        report["cases"].append(case)
-        print(summary(case), flush=True)
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(report, f, indent=1)
-    if args.out:
-        print(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
