@@ -48,7 +48,7 @@ from functools import lru_cache
 import torch
 
 from rac.reference import calibration as ref
-from rac.reference.contract.models import _cache_argument, context_length, decoder_blocks, eval_mode, text_config
+from rac.reference.contract.models import cache_argument, context_length, decoder_blocks, eval_mode, text_config
 from rac.reference.calibration_set import CalibrationSet
 from rac.reference.sampling import sample_tokens
 
@@ -319,7 +319,7 @@ def decode_batch(model, prompts, streams, max_new_tokens, eos_ids, sampling) -> 
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     padded = not bool(mask.all())
     plain = _plain_sdpa(model)
-    key = _cache_argument(type(model))
+    key = cache_argument(type(model))
     keep = _logits_to_keep_argument(type(model))
     inference = not any(hasattr(m, "_hf_hook") for m in model.modules())
     with torch.inference_mode() if inference else torch.no_grad():

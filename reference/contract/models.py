@@ -59,7 +59,7 @@ def context_length(model) -> int | None:
 
 
 @lru_cache(maxsize=None)
-def _cache_argument(model_class: type) -> str:
+def cache_argument(model_class: type) -> str:
     """``cache`` (transformers >= 5.24) or ``past_key_values`` (earlier): the KV-cache keyword."""
     params = inspect.signature(model_class.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
@@ -70,7 +70,7 @@ def forward_with_cache(model, ids: torch.Tensor, cache=None, attention_mask=None
     (None: an empty cache). Returns (logits [batch, new positions, vocab], the extended cache)."""
     kwargs = {"input_ids": ids, "use_cache": True}
     if cache is not None:
-        kwargs[_cache_argument(type(model))] = cache
+        kwargs[cache_argument(type(model))] = cache
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
     if position_ids is not None:
