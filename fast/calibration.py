@@ -10,7 +10,7 @@ the reference-only ``capture``. What changes is how the traces are decoded:
   one prompt, one token, one forward at a time (Algorithm 1 as written). A decode step costs
   far less than ``batch`` single-sequence steps (memory- or overhead-bound), so the saving
   approaches the batch size. Measured on the qwen3 fixture (16 prompts x 64 greedy tokens, one
-  batch; ``python conformance/benchmarks/cases_phase1.py --rounds 7``, three runs, 2-core AMD
+  batch; ``cases_phase1.py --rounds 7``, now ``bench_compare.py phase1 --threads 1 --rounds 7``, three runs, 2-core AMD
   EPYC, 1 torch thread, 2026-12-02, the machine loaded by other benchmarks, 1-minute load 2.2-2.5):
   11.3-13.9x the reference's generated tokens per second best against best; per round (reference
   seconds / fast seconds, interleaved) min 9.6-10.2x, median 11.9-13.2x, max 13.3-16.9x; the same
