@@ -18,10 +18,13 @@ available (another OS, a CUDA tensor, a small buffer, ``RAC_FAST_HUGEPAGES=0``) 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
+import platform
 import sys
+import threading
 
 import torch
 
@@ -70,3 +73,72 @@ def empty(shape, dtype, device=None) -> torch.Tensor:
 def copy(src: torch.Tensor, dtype=None) -> torch.Tensor:
     """A contiguous copy of ``src`` (any strides, e.g. a transposed view) in ``dtype``, in a fresh ``empty``."""
     return empty(tuple(src.shape), dtype or src.dtype, src.device).copy_(src)
+
+
+# --- freed memory kept by the C heap for the duration of a call ------------------------------------------------
+#
+# glibc's malloc serves a request larger than its mmap threshold (dynamic, at most 32 MiB on 64-bit) with a
+# fresh mmap and returns it to the kernel with munmap when freed. A decoder block's activations on a CPU
+# (8,192 tokens x 2,816 float32 = 92 MB) are all above it: every op's output is fresh memory, and its first
+# write takes one page fault per 4 KiB page, on every op of every chunk. Measured on this project's CPU
+# (2-core AMD EPYC, 1 thread, 2026-12-02, glibc 2.36, session scripts): SiLU of an 8,192 x 2,816 float32
+# tensor 46-50 ms with 22,530 page faults per call -> 6-7 ms with none once the heap holds the memory; one
+# Llama block (1024/2816) forward over 8,192 tokens 2.68-2.85 s -> 2.11-2.30 s (best 6 of each, two runs).
+
+#: mallopt parameters (glibc's malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: while retaining: every block's activations from the heap, and the heap never trimmed
+_RETAIN = {_M_MMAP_THRESHOLD: 1 << 30, _M_TRIM_THRESHOLD: (1 << 31) - 1}
+#: afterwards: the values glibc's own dynamic rule reaches once a program has freed a mapped chunk of 32 MiB
+#: (threshold = that size, at most 32 MiB on 64-bit; trim threshold = twice the threshold). Setting either
+#: turns glibc's dynamic rule off for the rest of the process, so these stay fixed.
+_AFTER = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 64 << 20}
+_LIBC: list = []
+_DEPTH = [0]
+_LOCK = threading.Lock()
+
+
+def _glibc():
+    """(mallopt, malloc_trim) of glibc, or None (another C library or OS, or ``RAC_FAST_RETAIN_FREED=0``)."""
+    if not _LIBC:
+        fns = None
+        if (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+                and os.environ.get("RAC_FAST_RETAIN_FREED", "1") != "0"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                mallopt, trim = libc.mallopt, libc.malloc_trim
+                mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+                trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+                fns = (mallopt, trim)
+            except (OSError, AttributeError):
+                fns = None
+        _LIBC.append(fns)
+    return _LIBC[0]
+
+
+@contextlib.contextmanager
+def retain_freed(device="cpu"):
+    """For the duration, glibc keeps freed memory in its heap for the next allocation instead of returning it
+    to the kernel (see above); afterwards the thresholds are set to ``_AFTER`` and ``malloc_trim(0)`` hands
+    the heap's free memory back. A no-op for a CUDA device (activations live in torch's caching allocator),
+    outside glibc, and with ``RAC_FAST_RETAIN_FREED=0``. Nested and concurrent uses set and restore once.
+    Changes no result: the same tensors in memory that was mapped before."""
+    fns = _glibc() if torch.device(device).type == "cpu" else None
+    if fns is None:
+        yield
+        return
+    mallopt, trim = fns
+    with _LOCK:
+        _DEPTH[0] += 1
+        if _DEPTH[0] == 1:
+            for param, value in _RETAIN.items():
+                mallopt(param, value)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _DEPTH[0] -= 1
+            if _DEPTH[0] == 0:
+                for param, value in _AFTER.items():
+                    mallopt(param, value)
+                trim(0)

@@ -61,7 +61,7 @@ from .blocks import (
     onloaded,
     propagate,
 )
-from . import distributed
+from . import alloc, distributed
 from .checkpoint import Checkpoint, fingerprint
 from .distributed import world
 from .hessian import HessianAccumulator
@@ -207,7 +207,9 @@ def compress(
     model.eval()
     started = time.perf_counter()
     try:
-        with torch.no_grad(), local if local is not None else contextlib.nullcontext():
+        # alloc.retain_freed: on a CPU, each op's output reuses freed heap memory instead of fresh pages
+        # (one block's forward 2.7-2.9 s -> 2.1-2.3 s at 8,192 tokens, 1024/2816; fast/alloc.py)
+        with torch.no_grad(), alloc.retain_freed(device), local if local is not None else contextlib.nullcontext():
             report["layers"], report["resumed_blocks"] = _run(
                 model,
                 all_blocks,
