@@ -357,20 +357,23 @@ def test_fast_8_results_in_w_dtype_on_w_device(fast, device, method, dtype):
     seed=st.integers(0, 2**31 - 1), m=st.sampled_from([2, 3, 4, 8, 16, 17]), levels=st.integers(1, 5), data=st.data()
 )
 def test_fast_9_schedules_of_the_same_selection_agree(fast, seed, m, levels, data):
-    """FAST-9: the N:M selection's CPU schedule (loop), GPU schedule (broadcast) and the reference's stable
-    sort give the same mask, ties included (few distinct values force ties); and the O(n) selection of
-    fast/masks.py gives the reference's prune_lowest mask."""
+    """FAST-9: the N:M selection's CPU schedules (loop, float32 keys), GPU schedule (broadcast) and the reference's
+    stable sort give the same mask, ties included (few distinct values force ties), for groups narrower and wider
+    than KEYS_MAX_COLUMNS (keep_highest's switch between keys and loop); and the O(n) selection of fast/masks.py
+    gives the reference's prune_lowest mask."""
     from rac.fast.masks import prune_lowest, prune_lowest_rows
-    from rac.fast.sweep import _rank_broadcast, _rank_loop, keep_highest
+    from rac.fast.sweep import KEYS_MAX_COLUMNS, _rank_broadcast, _rank_keys, _rank_loop, keep_highest
     from rac.reference.masks import prune_lowest as ref_lowest
     from rac.reference.masks import prune_lowest_per_row
 
     g = torch.Generator().manual_seed(seed)
-    scores = torch.randint(0, levels, (m, 37), generator=g).to(torch.float32)
+    width = data.draw(st.sampled_from([37, KEYS_MAX_COLUMNS + 3]))
+    scores = torch.randint(0, levels, (m, width), generator=g).to(torch.float32)
     kept = data.draw(st.integers(1, m - 1))
     want = prune_lowest_per_row(scores.T, m - kept).T
     if m <= 16:
         assert torch.equal(_rank_loop(scores) >= m - kept, want), "FAST-9: loop schedule differs from the stable sort"
+        assert torch.equal(_rank_keys(scores) >= m - kept, want), "FAST-9: keys schedule differs from the stable sort"
         assert torch.equal(_rank_broadcast(scores) >= m - kept, want), "FAST-9: broadcast schedule differs"
     assert torch.equal(keep_highest(scores, kept), want)
     k = data.draw(st.integers(0, scores.numel()))
