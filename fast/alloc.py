@@ -98,12 +98,25 @@ _DEPTH = [0]
 _LOCK = threading.Lock()
 
 
+#: environment variables by which a user tunes glibc's malloc; where one is set, the process's thresholds are the
+#: user's, and ``retain_freed`` leaves them alone
+USER_TUNING = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+
+def user_tuned_malloc(environ=None) -> bool:
+    """True where the environment (default ``os.environ``) tunes glibc's malloc (one of USER_TUNING, or a
+    glibc.malloc tunable)."""
+    environ = os.environ if environ is None else environ
+    return any(k in environ for k in USER_TUNING) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
+
+
 def _glibc():
-    """(mallopt, malloc_trim) of glibc, or None (another C library or OS, or ``RAC_FAST_RETAIN_FREED=0``)."""
+    """(mallopt, malloc_trim) of glibc, or None (another C library or OS, ``RAC_FAST_RETAIN_FREED=0``, or a
+    malloc the user tuned: ``user_tuned_malloc``). Looked up once."""
     if not _LIBC:
         fns = None
         if (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-                and os.environ.get("RAC_FAST_RETAIN_FREED", "1") != "0"):
+                and os.environ.get("RAC_FAST_RETAIN_FREED", "1") != "0" and not user_tuned_malloc()):
             try:
                 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
                 mallopt, trim = libc.mallopt, libc.malloc_trim
@@ -121,7 +134,8 @@ def retain_freed(device="cpu"):
     """For the duration, glibc keeps freed memory in its heap for the next allocation instead of returning it
     to the kernel (see above); afterwards the thresholds are set to ``_AFTER`` and ``malloc_trim(0)`` hands
     the heap's free memory back. A no-op for a CUDA device (activations live in torch's caching allocator),
-    outside glibc, and with ``RAC_FAST_RETAIN_FREED=0``. Nested and concurrent uses set and restore once.
+    outside glibc, with ``RAC_FAST_RETAIN_FREED=0``, and where the user tuned malloc through the environment
+    (``user_tuned_malloc``: the thresholds are theirs). Nested and concurrent uses set and restore once.
     Changes no result: the same tensors in memory that was mapped before."""
     fns = _glibc() if torch.device(device).type == "cpu" else None
     if fns is None:

@@ -302,7 +302,7 @@ def test_dev_2_onloading_blocks_gives_the_same_model(fast, offload):
 def test_fast_13_retain_freed_sets_and_restores_glibc_thresholds(fast, monkeypatch):
     """FAST-13: ``alloc.retain_freed`` raises glibc's thresholds once for nested uses, sets the documented
     afterwards values and trims the heap when the outermost use ends (also on an exception), and calls
-    nothing for a CUDA device or where there is no glibc."""
+    nothing for a CUDA device, where there is no glibc, or where the user tuned malloc in the environment."""
     alloc = importlib.import_module("rac.fast.alloc")
     calls = []
     monkeypatch.setattr(alloc, "_LIBC", [(lambda p, v: calls.append(("mallopt", p, v)) or 1,
@@ -327,6 +327,16 @@ def test_fast_13_retain_freed_sets_and_restores_glibc_thresholds(fast, monkeypat
     with alloc.retain_freed("cpu"):
         pass
     assert calls == [], "FAST-13: called glibc for a CUDA device or without glibc"
+    # a malloc the user tuned through the environment keeps the user's thresholds
+    assert not alloc.user_tuned_malloc({"GLIBC_TUNABLES": "glibc.rtld.optional_static_tls=512"})
+    for env in ({"MALLOC_MMAP_THRESHOLD_": "65536"}, {"MALLOC_TRIM_THRESHOLD_": "0"}, {"MALLOC_TOP_PAD_": "0"},
+                {"MALLOC_MMAP_MAX_": "0"}, {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}):
+        assert alloc.user_tuned_malloc(env), f"FAST-13: {env} not seen as the user's tuning"
+        (name, value), = env.items()
+        with monkeypatch.context() as m:
+            m.setattr(alloc, "_LIBC", [])
+            m.setenv(name, value)
+            assert alloc._glibc() is None, f"FAST-13: retain_freed would override the user's {env}"
     # the values: glibc 2.36's malloc.h numbers, the heap holding 1 GiB allocations, and afterwards the
     # thresholds glibc's dynamic rule reaches (mmap 32 MiB, trim twice that)
     assert alloc._RETAIN == {-3: 1 << 30, -1: 2**31 - 1} and alloc._AFTER == {-3: 32 << 20, -1: 64 << 20}
