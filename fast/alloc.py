@@ -83,7 +83,7 @@ def copy(src: torch.Tensor, dtype=None) -> torch.Tensor:
 # write takes one page fault per 4 KiB page, on every op of every chunk. Measured on this project's CPU
 # (2-core AMD EPYC, 1 thread, 2026-12-02, glibc 2.36, session scripts): SiLU of an 8,192 x 2,816 float32
 # tensor 46-50 ms with 22,530 page faults per call -> 6-7 ms with none once the heap holds the memory; one
-# Llama block (1024/2816) forward over 8,192 tokens 2.68-2.85 s -> 2.11-2.30 s (best 6 of each, two runs).
+# Llama block (1024/2816) forward over 8,192 tokens 2.64-2.87 s -> 2.11-2.51 s (calls 2-6 of two runs each).
 
 #: mallopt parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3

@@ -208,7 +208,7 @@ def compress(
     started = time.perf_counter()
     try:
         # alloc.retain_freed: on a CPU, each op's output reuses freed heap memory instead of fresh pages
-        # (one block's forward 2.7-2.9 s -> 2.1-2.3 s at 8,192 tokens, 1024/2816; fast/alloc.py)
+        # (one block's forward 2.6-2.9 s -> 2.1-2.5 s at 8,192 tokens, 1024/2816; fast/alloc.py)
         with torch.no_grad(), alloc.retain_freed(device), local if local is not None else contextlib.nullcontext():
             report["layers"], report["resumed_blocks"] = _run(
                 model,
