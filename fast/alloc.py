@@ -129,6 +129,11 @@ def _glibc():
     return _LIBC[0]
 
 
+def retains(device) -> bool:
+    """Whether ``retain_freed(device)`` acts (a CPU device with glibc, not switched off)."""
+    return torch.device(device).type == "cpu" and _glibc() is not None
+
+
 @contextlib.contextmanager
 def retain_freed(device="cpu"):
     """For the duration, glibc keeps freed memory in its heap for the next allocation instead of returning it
@@ -137,7 +142,7 @@ def retain_freed(device="cpu"):
     outside glibc, with ``RAC_FAST_RETAIN_FREED=0``, and where the user tuned malloc through the environment
     (``user_tuned_malloc``: the thresholds are theirs). Nested and concurrent uses set and restore once.
     Changes no result: the same tensors in memory that was mapped before."""
-    fns = _glibc() if torch.device(device).type == "cpu" else None
+    fns = _glibc() if retains(device) else None
     if fns is None:
         yield
         return

@@ -169,6 +169,10 @@ def compress(
     labels_used = len({int(c) for lab in calibration.labels for c in torch.unique(lab).tolist()})
     mine = chunks if w is None else [chunks[i] for i in distributed.shard(chunks, w)]  # DIST-2: this rank's chunks
     plan = plan_memory(model, targeted, mine or chunks[:1], labels_used, dtype)  # a rank may have no chunk
+    if alloc.retains(device):
+        # freed activations the heap keeps for the next op (alloc.retain_freed): at the benchmark's shape the
+        # process's peak grew by 250-350 MiB against a chunk_work of 821 MB (docs/benchmarks.md); half of it
+        plan["retained_heap"] = plan["chunk_work"] // 2
     onload = any(p.device != device for p in all_blocks.parameters())
     if offload_activations == "auto":
         fits = sum(plan.values()) < 0.9 * memory.free_bytes(device)

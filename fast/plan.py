@@ -61,6 +61,9 @@ def plan_memory(model, targeted: dict, chunks: list, labels_used: int, dtype: to
     chunk_work      one chunk through a block: ~ 6 x (tokens x max(hidden, intermediate)) values
                     (residual, norm, attention and MLP intermediates), plus attention scores when
                     the chunk is padded (B x heads x T^2 in float32 at worst)
+
+    ``compress`` adds ``retained_heap`` (half of chunk_work) on a CPU where it keeps freed memory in the
+    heap (``alloc.retain_freed``, spec FAST-13).
     """
     config = text_config(model)
     hidden = config.hidden_size
@@ -92,7 +95,8 @@ def plan_memory(model, targeted: dict, chunks: list, labels_used: int, dtype: to
 
 def check_memory(plan: dict, device: torch.device, store_device: torch.device, onload: bool) -> None:
     free = free_bytes(device)
-    on_device = plan["hessians"] + plan["chunk_work"] + plan["block_kwargs"] + (plan["block_weights"] if onload else 0)
+    on_device = (plan["hessians"] + plan["chunk_work"] + plan["block_kwargs"] + plan.get("retained_heap", 0)
+                 + (plan["block_weights"] if onload else 0))
     if store_device == device:
         on_device += plan["activations"]
     gib = 2**30

@@ -379,8 +379,11 @@ def test_fast_13_freed_memory_is_reused_and_results_do_not_change(fast, monkeypa
     if not thp_always:  # control: the count does see fresh 4 KiB pages (with THP "always" they may be 2 MiB)
         assert outside > pages / 2, f"FAST-13 control: only {outside} faults per fresh 64 MiB ({pages} pages)"
     with_, without = fresh("llama"), fresh("llama")
-    fast_compress.compress(with_, calib("llama"), method="sparsegpt", sparsity=0.5, device="cpu")
+    _, r1 = fast_compress.compress(with_, calib("llama"), method="sparsegpt", sparsity=0.5, device="cpu")
     monkeypatch.setattr(alloc, "_LIBC", [None])
-    fast_compress.compress(without, calib("llama"), method="sparsegpt", sparsity=0.5, device="cpu")
+    _, r2 = fast_compress.compress(without, calib("llama"), method="sparsegpt", sparsity=0.5, device="cpu")
     a, b = state(with_), state(without)
     assert all(torch.equal(a[k], b[k]) for k in a), "FAST-13: keeping freed memory changed the result"
+    # the memory plan counts what the heap keeps (half a chunk's work) only while it keeps it
+    p1, p2 = r1["memory_plan_bytes"], r2["memory_plan_bytes"]
+    assert p1.get("retained_heap") == p1["chunk_work"] // 2 > 0 and "retained_heap" not in p2, (p1, p2)
