@@ -171,7 +171,7 @@ def compress(
     plan = plan_memory(model, targeted, mine or chunks[:1], labels_used, dtype)  # a rank may have no chunk
     if alloc.retains(device):
         # freed activations the heap keeps for the next op (alloc.retain_freed): at the benchmark's shape the
-        # process's peak grew by 250-350 MiB against a chunk_work of 821 MB (docs/benchmarks.md); half of it
+        # process's peak grew by 250-350 MiB against a chunk_work of 784 MiB (docs/benchmarks.md); half of it
         plan["retained_heap"] = plan["chunk_work"] // 2
     onload = any(p.device != device for p in all_blocks.parameters())
     if offload_activations == "auto":
