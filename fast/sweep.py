@@ -32,7 +32,7 @@ from rac.reference.masks import prune_lowest_per_row
 PAIRWISE_MAX_M = 16
 #: Float32 groups of up to this many columns are ranked by ``_rank_keys``, wider ones by ``_rank_loop``: the
 #: keys' (M, M, columns) comparison outgrows the cache. M = 4, 1 thread, this project's CPU (2-core AMD EPYC,
-#: 2026-12-02, a session script, each of 2 runs): 4,096 columns 62-64 vs 78 us, 8,192 119 vs 125-134 us,
+#: 2026-12-02, a session script, each of 2 runs): 4,096 columns 63-64 vs 78 us, 8,192 119 vs 125-134 us,
 #: 16,384 243-247 vs 207-210 us, 262,144 (Wanda's 2:4 groups of a 1024 x 1024 layer, all at once) 25.6 ms vs
 #: 2.8 ms.
 KEYS_MAX_COLUMNS = 8192
