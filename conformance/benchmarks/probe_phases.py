@@ -87,10 +87,11 @@ def main(size: int = 4096, rounds: int = 4) -> None:
             rate = case["rates"]["gemm_float32"]
             bound = sum(flops.values()) / rate
             bound_inv = sum(bounds.sparsegpt_flops(size, size, inverse=True).values()) / rate
-            print(f"\n{setting}, {threads} thread(s): GEMM fp32 {rate / 1e9:.1f} GFLOP/s, bound {bound:.3f} s "
-                  f"({bound_inv:.3f} s with the triangular inverse)")
+            print(f"\n{setting}, {threads} thread(s): GEMM fp32 {rate / 1e9:.1f} GFLOP/s, bound {bound:.3g} s "
+                  f"({bound_inv:.3g} s with the triangular inverse)")
             for s in case["samples"]:
-                print(f"  round {s['round']} {s['impl']} factor {s['seconds']:.3f} s  load {s['loadavg_1min']:.1f}")
+                print(f"  round {s['round']} {s['impl']} factorisation, whole call {s['seconds']:.3f} s  "
+                      f"load {s['loadavg_1min']:.1f}")
             for dt, log in logs.items():
                 log = log[-rounds:]  # the timed rounds (harness.compare's warm-up call is first)
                 best = min(sum(phase) for phase in log)
