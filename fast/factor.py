@@ -117,7 +117,7 @@ def left_panel_factor(H: torch.Tensor, dampening: float, on_failure: str, bounds
 CHOLESKY_BLOCK = 256
 
 
-def blocked_cholesky_(A: torch.Tensor, block: int = CHOLESKY_BLOCK):
+def blocked_cholesky_(A: torch.Tensor, block: int = CHOLESKY_BLOCK, panel_solve=None):
     """Lower Cholesky factor of A, right-looking by blocks of ``block`` columns, in place; None if not PD.
 
     Reads and writes only the lower triangle (the strict upper triangle keeps whatever it held, and
@@ -135,7 +135,12 @@ def blocked_cholesky_(A: torch.Tensor, block: int = CHOLESKY_BLOCK):
     one (each block receiving all earlier blocks' updates in one GEMM) at 1.20-1.23 s and
     cholesky_ex at 1.22-1.34 s; the factors agree to 3.8e-16 relative. Block widths 128 to 512 and
     row blocks up to 1024 measured 1.01-1.15 s; 256 / 256 is kept.
+
+    panel_solve(L_kk, P): overwrites P (the rows below a diagonal block) with P L_kk^{-T};
+    ``solve_panel_in_place`` by default (``solve_panel_copied``, the earlier schedule, is kept for
+    conformance/benchmarks/probe_factor.py to compare).
     """
+    panel_solve = panel_solve or solve_panel_in_place
     n = A.shape[0]
     for k0 in range(0, n, block):
         k1 = min(k0 + block, n)
@@ -144,12 +149,32 @@ def blocked_cholesky_(A: torch.Tensor, block: int = CHOLESKY_BLOCK):
             return None
         A[k0:k1, k0:k1] = L_kk
         if k1 < n:
-            A[k1:, k0:k1] = torch.linalg.solve_triangular(L_kk.T, A[k1:, k0:k1], upper=True, left=False)
+            panel_solve(L_kk, A[k1:, k0:k1])
             P = A[k1:, k0:k1]  # the solved column block: the trailing matrix loses P P^T
             for r0 in range(k1, n, block):
                 r1 = min(r0 + block, n)
                 A[r0:r1, k1:r1].addmm_(P[r0 - k1:r1 - k1], P[:r1 - k1].T, alpha=-1.0)
     return A
+
+
+def solve_panel_in_place(L_kk: torch.Tensor, P: torch.Tensor) -> None:
+    """P <- P L_kk^{-T} as L_kk X = P^T on P's own memory.
+
+    P = A[k1:, k0:k1] is a row-major block of A, so P^T is a column-major matrix with A's row stride as
+    its leading dimension: LAPACK's layout, which torch's solve writes through ``out=`` without a copy
+    (``solve_panel_copied`` makes one, and copies the result back into A's strided block). The same
+    triangular solve, by another BLAS path: the factors agree to 6.3e-16 relative at 4096.
+    conformance/benchmarks/probe_factor.py (``blocked_cholesky_`` against ``solve_panel_copied``):
+    see the figures in docs/benchmarks.md ("Why SparseGPT stays above 1.5x its bound").
+    """
+    PT = P.T
+    torch.linalg.solve_triangular(L_kk, PT, upper=False, out=PT)
+
+
+def solve_panel_copied(L_kk: torch.Tensor, P: torch.Tensor) -> None:
+    """P <- P L_kk^{-T} through a solve from the right into a new tensor, copied back (the schedule before
+    ``solve_panel_in_place``)."""
+    P.copy_(torch.linalg.solve_triangular(L_kk.T, P, upper=True, left=False))
 
 
 def reversed_lower(H: torch.Tensor, dtype, rows: int = 256) -> torch.Tensor:

@@ -7,7 +7,9 @@ Best of 5 repetitions of each operation, wall time:
 - sweep.py: one column of the loop: bool masked_fill vs multiply by a 0/1 float mask (4096 outputs);
 - sweep.py: ranking one 2:4 group of 4096 outputs: stable sort vs broadcast comparisons vs loop;
 - sparsegpt.py (``kth``): the k-th smallest of one 128-column block of SparseGPT scores (4096 x 128):
-  torch.kthvalue vs the radix select ``kth_smallest``, and the whole block's mask both ways.
+  torch.kthvalue vs the radix select ``kth_smallest``, and the whole block's mask both ways;
+- reference/contract/validate.py (``asym``): max |H - H^T| of a 4096 x 4096 float32 H, as one n x n difference
+  vs by row blocks (``_abs_max_difference``), given the transposed copy.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from rac.fast.masks import prune_lowest, prune_lowest_rows
 from rac.fast.sparsegpt import block_keep_t, kth_smallest
 from rac.fast.sweep import _rank_broadcast, _rank_loop
+from rac.reference.contract.validate import _abs_max, _abs_max_difference
 from rac.reference.masks import prune_lowest as sort_lowest
 from rac.reference.masks import prune_lowest_per_row as sort_lowest_rows
 
@@ -74,6 +77,15 @@ def main() -> None:
         f"{best(lambda: kth_smallest(block.reshape(-1), k)) * 1e3:.2f} ms; block mask: "
         f"prune_lowest {best(lambda: prune_lowest(block.T.contiguous(), k)) * 1e3:.2f} ms, "
         f"block_keep_t {best(lambda: block_keep_t(block, k)) * 1e3:.2f} ms"
+    )
+
+    H = torch.randn(4096, 4096, generator=g)
+    HT = H.T.contiguous()
+    assert _abs_max(torch.sub(H, HT)) == _abs_max_difference(H, HT)
+    print(
+        "asym: max |H - H^T| of 4096 x 4096 float32: one difference "
+        f"{best(lambda: _abs_max(torch.sub(H, HT))) * 1e3:.1f} ms, by row blocks "
+        f"{best(lambda: _abs_max_difference(H, HT)) * 1e3:.1f} ms"
     )
 
 
