@@ -160,12 +160,15 @@ def blocked_cholesky_(A: torch.Tensor, block: int = CHOLESKY_BLOCK, panel_solve=
 def solve_panel_in_place(L_kk: torch.Tensor, P: torch.Tensor) -> None:
     """P <- P L_kk^{-T} as L_kk X = P^T on P's own memory.
 
-    P = A[k1:, k0:k1] is a row-major block of A, so P^T is a column-major matrix with A's row stride as
-    its leading dimension: LAPACK's layout, which torch's solve writes through ``out=`` without a copy
-    (``solve_panel_copied`` makes one, and copies the result back into A's strided block). The same
-    triangular solve, by another BLAS path: the factors agree to 6.3e-16 relative at 4096.
-    conformance/benchmarks/probe_factor.py (``blocked_cholesky_`` against ``solve_panel_copied``):
-    see the figures in docs/benchmarks.md ("Why SparseGPT stays above 1.5x its bound").
+    P = A[k1:, k0:k1] is a row-major block of A, so P^T is a column-major matrix with A's row stride
+    as its leading dimension (LAPACK's layout); the solve reads it as the right-hand side and writes
+    X through ``out=`` into A itself. ``solve_panel_copied`` solves from the right into a new tensor
+    and copies that back into A's strided block. The same triangular solve by another BLAS path: the
+    factors agree to 5.0e-16 (1 thread) and 6.3e-16 (2 threads) relative at 4096. The copied solve
+    ran at about 26 GFLOP/s at 2 threads, 0.08 s of a 0.32 s Cholesky.
+    ``python conformance/benchmarks/probe_factor.py 4096 T 5`` (this CPU, 2026-12-02 16:02 UTC,
+    commit 851ea57, best of 5 interleaved, load 1.1): 0.648 s -> 0.593 s at 1 thread, 0.339 s ->
+    0.316 s at 2; more in docs/benchmarks.md ("Why SparseGPT stays above 1.5x its bound").
     """
     PT = P.T
     torch.linalg.solve_triangular(L_kk, PT, upper=False, out=PT)
