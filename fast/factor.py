@@ -75,7 +75,8 @@ def reversed_cholesky(H_damped: torch.Tensor):
     return L.flip(0, 1)
 
 
-def left_panel_factor(H: torch.Tensor, dampening: float, on_failure: str, bounds: list, out_dtype=torch.float32):
+def left_panel_factor(H: torch.Tensor, dampening: float, on_failure: str, bounds: list, out_dtype=torch.float32,
+                      cholesky_block: int | None = None):
     """What the left-looking sweep reads (fast/sparsegpt.py), instead of the whole U = R^{-1}:
 
         F[A:B, A:B] = U_AB = R[A:B, A:B]^{-1}       (= U's diagonal block, U being upper triangular)
@@ -85,14 +86,16 @@ def left_panel_factor(H: torch.Tensor, dampening: float, on_failure: str, bounds
     recovery as ``factor_with_recovery``); the small inverses and products are float64 too, and F
     is rounded once to ``out_dtype`` (PREC-2's rule for U, applied to F). FLOPs in float64: n^3/3
     (Cholesky) + sum_A (B-A)^3/3 + 2 A (B-A)^2 ~ panel * n^2: the n^3/3 of the full triangular
-    inverse is never spent. Returns (F, dampening used).
+    inverse is never spent. ``cholesky_block``: ``blocked_cholesky_``'s block width (CHOLESKY_BLOCK
+    when None; FAST-3 runs small ones so that its panel solves and trailing updates are checked on
+    small layers). Returns (F, dampening used).
     """
     n = H.shape[0]
 
     def factor(H_damped_reversed):
         # J H_d J = L L^T, so R = J L J: R's block [i0:i1, j0:j1] is L[n-i1:n-i0, n-j1:n-j0] flipped both ways.
         # L is read in place (no flipped copy of the n x n factor).
-        L = blocked_cholesky_(H_damped_reversed)
+        L = blocked_cholesky_(H_damped_reversed, cholesky_block or CHOLESKY_BLOCK)
         if L is None:
             return None
         # Only F's upper block triangle (rows :B of each panel's columns) is written and read; the rest is

@@ -163,12 +163,14 @@ def _sweep_error(layer, W_fast, mask_fast, W_ref, mask_ref, pattern, sparsity, b
 @FEW
 @given(layer=layers(in_multiple=4, max_in=36), sparsity=sparsities, nm=st.booleans(),
        blocksize=st.sampled_from([1, 3, 4, 8, 128]), panel=st.sampled_from([1, 4, 5, 8, 128]),
-       outer=st.sampled_from([1, 8, 12, 512]))
+       outer=st.sampled_from([1, 8, 12, 512]), cholesky_block=st.sampled_from([1, 5, 8, 256]))
 def test_fast_3_left_looking_sweep_is_the_reference_sweep(fast, measure, layer, sparsity, nm, blocksize, panel,
-                                                          outer):
+                                                          outer, cholesky_block):
     """FAST-3: the sweep the pruner runs (left-looking: each panel owed its updates through F = R[:A, A:B] U_AB,
     no whole U) is the reference sweep: in float64, F from the same damped H, any panel width and any grouping
-    of panels into outer blocks gives the reference's mask and its weights to float64 rounding."""
+    of panels into outer blocks gives the reference's mask and its weights to float64 rounding. Small Cholesky
+    blocks (the pruner's is 256) put the blocked Cholesky's panel solves and trailing updates into these layers
+    of at most 36 inputs."""
     from rac.fast.factor import left_panel_factor
     from rac.fast.sparsegpt import left_panels, sparsegpt_sweep_left
     from rac.reference.sparsegpt import dead_inputs, factor_with_recovery
@@ -179,7 +181,8 @@ def test_fast_3_left_looking_sweep_is_the_reference_sweep(fast, measure, layer, 
     dead = dead_inputs(layer.H)
     W_ref, mask_ref = reference_sweep(layer.W, U, dead, pattern, sparsity, blocksize)
     bounds = left_panels(layer.W.shape[1], pattern, blocksize, panel)
-    F, used = left_panel_factor(layer.H, 0.01, "raise", bounds, out_dtype=torch.float64)
+    F, used = left_panel_factor(layer.H, 0.01, "raise", bounds, out_dtype=torch.float64,
+                                cholesky_block=cholesky_block)
     assert used == 0.01
     W_fast, mask_fast = sparsegpt_sweep_left(layer.W, F, bounds, dead, pattern, sparsity, blocksize, outer=outer)
     assert W_fast.dtype == torch.float64
