@@ -88,6 +88,10 @@ def _bad_cases():
     neg_H = H.clone()
     neg_H[2, 2] = -1.0
     W6 = make_layer("gaussian", 4, 6, 20, seed=0)
+    # wider than a 256-row block: an implementation that checks symmetry by blocks must check the last one too
+    wide = make_layer("gaussian", 4, 300, 20, seed=0)
+    asym_last = wide.H.clone()
+    asym_last[299, 260] += 1.0 + wide.H.abs().max()  # both (299, 260) and (260, 299) lie past row 256
     return [
         ("sparsity below 0", dict(W=W, H=H, sparsity=-0.1), "sparsity"),
         ("sparsity 1", dict(W=W, H=H, sparsity=1.0), "sparsity"),
@@ -106,6 +110,7 @@ def _bad_cases():
         ("H shape mismatch", dict(W=W, H=H[:6, :6], sparsity=0.5), "H"),
         ("H not square", dict(W=W, H=H[:, :6], sparsity=0.5), "H"),
         ("H not symmetric", dict(W=W, H=asym, sparsity=0.5), "H"),
+        ("H not symmetric in its last row", dict(W=wide.W, H=asym_last, sparsity=0.5), "H"),
         ("H negative diagonal", dict(W=W, H=neg_H, sparsity=0.5), "H"),
         ("NaN in W", dict(W=nan_W, H=H, sparsity=0.5), "W"),
         ("Inf in H", dict(W=W, H=inf_H, sparsity=0.5), "H"),
