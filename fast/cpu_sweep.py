@@ -14,8 +14,9 @@ Same arithmetic, same order, same results: every entry is one IEEE operation wit
 operands as in ``sweep_chunk`` (multiply by the 0/1 pruned indicator, divide by U_ii, the same
 ``addr_``, subtract the pruned part), and the 2:4 keys order the scores exactly as TIE-1's stable order.
 FAST-11 checks that the results are bitwise ``sweep_chunk``'s, float32 and float64, unstructured
-and N:M. ``fast.sparsegpt.in_panel_schedule`` runs it on CPU tensors (``RAC_FAST_SWEEP=eager``
-forces the torch loop).
+and N:M. ``fast.sparsegpt.in_panel_schedule`` runs it on CPU tensors where numba is not installed
+(with numba: the compiled loop of fast/numba_sweep.py; ``RAC_FAST_SWEEP=cpu`` forces this one,
+``eager`` the torch loop).
 
 Measured (a session script, 2026-12-02, 2-core AMD EPYC, 1 thread, load 1.4, 32-column chunk of a
 2:4 panel with 4096 outputs, best of 20, three interleaved rounds): 3.6-4.0 ms against the torch

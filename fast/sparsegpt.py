@@ -115,17 +115,20 @@ def in_panel_schedule(device: torch.device):
     """(chunk_fn, whole panel?) for the in-panel column loop on ``device``.
 
     RAC_FAST_SWEEP=auto (default): the Triton kernel on CUDA when Triton is installed (one launch
-    per panel, fast/triton_sweep.py); on a CPU the numpy loop of fast/cpu_sweep.py in chunks of
-    CHUNK; else the eager torch loop in chunks of CHUNK. "eager", "cpu" or "triton" force one. All
-    compute the same thing (FAST-10, FAST-11).
+    per panel, fast/triton_sweep.py); on a CPU the numba kernel when numba is installed (one compiled,
+    parallel call per chunk, fast/numba_sweep.py), else the numpy loop of fast/cpu_sweep.py, in chunks
+    of CHUNK; else the eager torch loop in chunks of CHUNK. "eager", "cpu", "numba" or "triton" force
+    one. All compute the same thing (FAST-10, FAST-11, FAST-14).
     """
     choice = os.environ.get("RAC_FAST_SWEEP", "auto")
-    if choice not in ("auto", "eager", "cpu", "triton"):
-        raise ValueError(f"RAC_FAST_SWEEP must be 'auto', 'eager', 'cpu' or 'triton', got {choice!r}")
-    from . import triton_sweep
+    if choice not in ("auto", "eager", "cpu", "numba", "triton"):
+        raise ValueError(f"RAC_FAST_SWEEP must be 'auto', 'eager', 'cpu', 'numba' or 'triton', got {choice!r}")
+    from . import numba_sweep, triton_sweep
 
     if choice == "triton" or (choice == "auto" and device.type == "cuda" and triton_sweep.available(device)):
         return _triton_or_eager, True
+    if choice == "numba" or (choice == "auto" and device.type == "cpu" and numba_sweep.available()):
+        return numba_sweep.sweep_chunk_numba, False
     if choice == "cpu" or (choice == "auto" and device.type == "cpu"):
         from .cpu_sweep import sweep_chunk_cpu
 

@@ -448,6 +448,80 @@ def test_fast_11_cpu_column_loop_is_the_eager_loop(fast, measure, layer, sparsit
     assert torch.equal(w_eager, w_cpu), f"FAST-11: the CPU loop's weights differ ({pattern}, {dtype}, {layer})"
 
 
+@req("FAST-14")
+@FEW
+@example(layer=make_layer("outliers", 8, 40, 64, 5), sparsity=0.5, pattern="2:4", float64=False, blocksize=8)
+@given(layer=layers(in_multiple=8, max_in=64), sparsity=sparsities,
+       pattern=st.sampled_from(["unstructured", "2:4", "1:4", "4:8", "3:8"]), float64=st.booleans(),
+       blocksize=st.sampled_from([1, 4, 8, 128]))
+def test_fast_14_compiled_cpu_loop_computes_the_eager_sweep(fast, measure, layer, sparsity, pattern, float64,
+                                                            blocksize):
+    """FAST-14: the numba column loop (fast/numba_sweep.py) computes the eager torch loop's sweep: the same masks,
+    weights within FAST-1's bound (its rank-1 update is one fused multiply-add, as BLAS ger's, whose unfused
+    tails differ in the last bit), and the same bits whatever the slab of outputs each thread owns (1, 3, or
+    all of them): no output reads another's. Skipped where numba is not installed (the ``cpu-kernel`` extra;
+    CI installs it with ``test``)."""
+    pytest.importorskip("numba", reason="numba is not installed: rac.fast runs the numpy loop (FAST-11) instead")
+    from rac.fast import numba_sweep
+    from rac.fast.factor import left_panel_factor
+    from rac.fast.sparsegpt import dead_inputs, left_panels, sparsegpt_sweep_left
+    from rac.fast.sweep import sweep_chunk
+
+    dtype = torch.float64 if float64 else torch.float32
+    pat = parse_pattern(pattern)
+    H = layer.H.to(torch.float32)
+    # three dead inputs in the first group: three scores of exactly 0, of which 2:4 prunes two (TIE-1: the lower
+    # indices), so a ranking that orders ties otherwise chooses another mask
+    H[1:4, :] = 0.0
+    H[:, 1:4] = 0.0
+    W = layer.W.to(torch.float32)
+    bounds = left_panels(W.shape[1], pat, blocksize, 16)
+    F, _ = left_panel_factor(H, 0.01, "raise", bounds, out_dtype=dtype)
+    dead = dead_inputs(H)
+    s = sparsity if pat.kind == "unstructured" else 0.0
+
+    def run(chunk_fn):
+        return sparsegpt_sweep_left(W.to(dtype), F, bounds, dead, pat, s, blocksize, panel=16, chunk=8,
+                                    chunk_fn=chunk_fn)
+
+    w_eager, m_eager = run(sweep_chunk)
+    slabs = {slab: run(lambda *a, slab=slab: numba_sweep.sweep_chunk_numba(*a, slab=slab))
+             for slab in (1, 3, W.shape[0])}
+    assert not numba_sweep._FAILED, f"FAST-14: the numba kernel did not run: {numba_sweep._FAILED}"
+    w_nb, m_nb = slabs[1]
+    for slab, (w, m) in slabs.items():
+        assert torch.equal(w, w_nb) and torch.equal(m, m_nb), f"FAST-14: slab {slab} changed the result ({layer})"
+    assert torch.equal(m_eager, m_nb), f"FAST-14: the numba loop chose another mask ({pattern}, {dtype}, {layer})"
+    # FAST-1's bound, in the sweep's own precision: the two differ only in how each rank-1 update rounds
+    rtol = fast_sweep_rtol(EPS64 if float64 else EPS32, W.shape[1], 0.01)
+    err = float((w_nb - w_eager).abs().max()) / max(1.0, float(w_eager.abs().max()))
+    measure("FAST-14", err, rtol, "max |W_numba - W_eager| / max|W|")
+    assert err <= rtol, f"FAST-14: numba and eager weights differ by {err:.3g} > {rtol:.3g} ({pattern}, {dtype})"
+
+
+@req("FAST-14")
+def test_fast_14_a_cpu_runs_the_compiled_loop_where_numba_is_installed(fast, measure, monkeypatch):
+    """FAST-14: on a CPU, RAC_FAST_SWEEP=auto picks the numba loop where numba imports and the numpy loop where it
+    does not; ``cpu``, ``numba`` and ``eager`` force theirs, and any other value is a ValueError naming it."""
+    from rac.fast import numba_sweep
+    from rac.fast.cpu_sweep import sweep_chunk_cpu
+    from rac.fast.sparsegpt import in_panel_schedule
+    from rac.fast.sweep import sweep_chunk
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("RAC_FAST_SWEEP", raising=False)
+    expected = numba_sweep.sweep_chunk_numba if numba_sweep.available() else sweep_chunk_cpu
+    assert in_panel_schedule(cpu) == (expected, False), "FAST-14: auto did not pick the CPU loop it should"
+    monkeypatch.setattr(numba_sweep, "available", lambda: False)
+    assert in_panel_schedule(cpu) == (sweep_chunk_cpu, False), "FAST-14: without numba auto must run the numpy loop"
+    for choice, fn in (("cpu", sweep_chunk_cpu), ("numba", numba_sweep.sweep_chunk_numba), ("eager", sweep_chunk)):
+        monkeypatch.setenv("RAC_FAST_SWEEP", choice)
+        assert in_panel_schedule(cpu)[0] is fn, f"FAST-14: RAC_FAST_SWEEP={choice} did not force its loop"
+    monkeypatch.setenv("RAC_FAST_SWEEP", "fortran")
+    with pytest.raises(ValueError, match="RAC_FAST_SWEEP"):
+        in_panel_schedule(cpu)
+
+
 @req("FAST-12")
 def test_fast_12_huge_page_buffers_are_plain_tensors(fast, measure, monkeypatch):
     """FAST-12: fast/alloc.py's buffers are what torch.empty / a contiguous copy would give (shape, dtype, strides,
