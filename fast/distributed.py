@@ -189,6 +189,19 @@ def barrier(what: str) -> None:
         _collective(what, dist.barrier)
 
 
+def finish(what: str = "end of Phase II") -> None:
+    """This process's last step in the group it initialised (``init_from_env``): a barrier, so that no rank
+    closes its connections while another still reads from them (a broadcast's root returns before the others
+    have read), then ``destroy_process_group``. Without it a rank that exited while its peers still held the
+    group could abort inside gloo ("terminate called without an active exception", SIGABRT: DIST-3 on a
+    2-core CI machine, 2026-12-02). A no-op without a process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        barrier(what)
+        dist.destroy_process_group()
+
+
 def owners(costs: dict, size: int) -> dict:
     """key -> owner rank: longest processing time first, each to the least loaded rank (ties: lowest rank).
     Deterministic (every rank computes the same map from the same costs)."""

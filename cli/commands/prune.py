@@ -275,6 +275,10 @@ def _run(args) -> int:
     model, report = compress(model, calib, progress=phase2_progress, **prune_args, **phase2_extra)
     faults.reached("phase2-done")
     phase2 = time.perf_counter() - started
+    if world is not None:  # the last collective is behind every rank: leave the group before rank 0 evaluates
+        from rac.fast import distributed
+
+        distributed.finish()
     report["phase_seconds"] = {"calibration": phase1, "compression": phase2}
     report["command"] = command
     print(summary_table(report))
