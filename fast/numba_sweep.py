@@ -21,10 +21,12 @@ differ in the last bit. So the result is the eager loop's to rounding, not bitwi
 to FAST-10's rule (masks equal, weights within FAST-1's bound), and checks that the slab size, hence
 the thread count, changes no bit.
 
-Measured (``conformance/benchmarks/probe_phases.py`` and the session scripts quoted in
-docs/benchmarks.md, 2-core AMD EPYC, 2026-12-02): the column loop of a 4096 x 4096 layer, 32-column
-chunks, 2:4 90-94 ms -> 20-21 ms at 1 thread and 83-89 ms -> 12-13 ms at 2; unstructured 53-54 ms ->
-15-16 ms and 48-49 ms -> 9 ms.
+Measured: ``python conformance/benchmarks/probe_loop.py`` (one 128-column panel of 4096 outputs in 32-column
+chunks, the two loops alternating, best of 20, times 32 for a 4096-input layer; 2-core AMD EPYC, torch
+2.13.0+cpu, 2026-12-02 18:54 UTC, commit dec8893, load 0.1): 2:4 97 -> 31 ms at 1 thread and 96 -> 30 ms at 2;
+unstructured 59 -> 30 ms and 74 -> 36 ms; masks equal, weights bitwise equal at 4096 outputs. A session script
+at 17:55 UTC gave 94 -> 25, 89 -> 21, 55 -> 18 and 50 -> 17 ms. What it does to whole layers:
+docs/benchmarks.md ("Fifth round").
 
 Used by ``fast.sparsegpt.in_panel_schedule`` on CPU tensors when numba imports (``RAC_FAST_SWEEP=cpu``
 forces the numpy loop, ``numba`` this one). The kernel is compiled on first use (a few seconds, cached
