@@ -413,12 +413,19 @@ def test_fast_10_triton_kernel_computes_the_eager_sweep(fast, measure, device, t
     assert proc.returncode == 0 and "FAST-10 OK" in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
 
 
+def _column_loop_cases(test):
+    """The layers, patterns, dtypes and mask blocks on which FAST-11 and FAST-14 compare a CPU column loop with the
+    eager one."""
+    cases = given(layer=layers(in_multiple=8, max_in=64), sparsity=sparsities,
+                  pattern=st.sampled_from(["unstructured", "2:4", "1:4", "4:8", "3:8"]), float64=st.booleans(),
+                  blocksize=st.sampled_from([1, 4, 8, 128]))
+    first = example(layer=make_layer("outliers", 8, 40, 64, 5), sparsity=0.5, pattern="2:4", float64=False,
+                    blocksize=8)
+    return FEW(first(cases(test)))
+
+
 @req("FAST-11")
-@FEW
-@example(layer=make_layer("outliers", 8, 40, 64, 5), sparsity=0.5, pattern="2:4", float64=False, blocksize=8)
-@given(layer=layers(in_multiple=8, max_in=64), sparsity=sparsities,
-       pattern=st.sampled_from(["unstructured", "2:4", "1:4", "4:8", "3:8"]), float64=st.booleans(),
-       blocksize=st.sampled_from([1, 4, 8, 128]))
+@_column_loop_cases
 def test_fast_11_cpu_column_loop_is_the_eager_loop(fast, measure, layer, sparsity, pattern, float64, blocksize):
     """FAST-11: the numpy column loop that rac.fast runs on a CPU (fast/cpu_sweep.py) gives bitwise the eager
     torch loop's weights, masks and errors: the same IEEE operations in the same order (2:4 masks by unique keys
@@ -449,11 +456,7 @@ def test_fast_11_cpu_column_loop_is_the_eager_loop(fast, measure, layer, sparsit
 
 
 @req("FAST-14")
-@FEW
-@example(layer=make_layer("outliers", 8, 40, 64, 5), sparsity=0.5, pattern="2:4", float64=False, blocksize=8)
-@given(layer=layers(in_multiple=8, max_in=64), sparsity=sparsities,
-       pattern=st.sampled_from(["unstructured", "2:4", "1:4", "4:8", "3:8"]), float64=st.booleans(),
-       blocksize=st.sampled_from([1, 4, 8, 128]))
+@_column_loop_cases
 def test_fast_14_compiled_cpu_loop_computes_the_eager_sweep(fast, measure, layer, sparsity, pattern, float64,
                                                             blocksize):
     """FAST-14: the numba column loop (fast/numba_sweep.py) computes the eager torch loop's sweep: the same masks,
